@@ -1,0 +1,713 @@
+"""One adapter over TransformerLens models: the floor the rest of the package stands on.
+
+``ModelView`` is the only place in ``futurelens_tl`` that touches TransformerLens internals. It
+normalises the differences between TransformerLens 4 ``TransformerBridge`` (also shipped by 3.x)
+and TransformerLens 3.x ``HookedTransformer``:
+
+* hook names (the legacy names that work on both lines),
+* weights (grouped-query K/V expanded to ``n_heads``; ``W_pos`` is ``None`` for rotary models;
+  missing biases are zeros; norm parameters are ``None`` when folded),
+* the final readout ``ln_final`` + ``W_U`` + ``b_U`` with normalisation statistics recomputed for
+  every residual row (never the cached final-layer scale; reference
+  ``lenses-and-transformerlens.md`` §A.1-A.2),
+* the residual basis (``"raw"`` HF residuals vs ``"processed"`` ones: compatibility mode,
+  ``fold_ln``, centred writing weights; §C.6),
+* a stable fingerprint for trained artifacts.
+
+Layer convention (everywhere in the package): layer ``l`` is the output of block ``l``
+(``blocks.{l}.hook_resid_post``); layer ``-1`` (alias ``"embed"``) is the embedding output
+(``blocks.0.hook_resid_pre``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "Basis",
+    "ModelView",
+    "NormParams",
+    "as_view",
+    "load_model",
+    "resid_hook_name",
+    "tl_version",
+]
+
+Basis = Literal["raw", "processed"]
+LayerLike = int | str
+
+
+def tl_version() -> str:
+    """Installed TransformerLens version string (``"0"`` if it cannot be read)."""
+    try:
+        return importlib.metadata.version("transformer-lens")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - dependency missing
+        return "0"
+
+
+def _tl_major() -> int:
+    try:
+        return int(tl_version().split(".")[0])
+    except ValueError:  # pragma: no cover
+        return 0
+
+
+def resid_hook_name(layer: int) -> str:
+    """Hook name of the residual stream at ``layer`` (``-1`` = embedding output)."""
+    return "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
+
+
+@dataclass(frozen=True)
+class NormParams:
+    """A normalisation layer as plain tensors.
+
+    Attributes:
+        kind: ``"LN"`` (centre + scale), ``"RMS"`` (scale only) or ``None`` (no norm).
+        w: Gain ``[d_model]``, or ``None`` when folded into the next weights (LNPre/RMSPre).
+        b: Bias ``[d_model]``, or ``None``.
+        eps: Epsilon inside the square root.
+    """
+
+    kind: Literal["LN", "RMS"] | None
+    w: Tensor | None
+    b: Tensor | None
+    eps: float
+
+    def __call__(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Apply the norm with statistics recomputed from ``x`` itself, row by row."""
+        if self.kind is None:
+            return x
+        if self.kind == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        x = x / scale
+        if self.w is not None:
+            x = x * self.w
+        if self.b is not None:
+            x = x + self.b
+        return x
+
+    def scale(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... 1"]:
+        """The per-row divisor (sigma) this norm would use for ``x``."""
+        if self.kind == "LN":
+            x = x - x.mean(-1, keepdim=True)
+        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+
+class ModelView:
+    """Backend-neutral view of a TransformerLens model.
+
+    Args:
+        model: A ``TransformerBridge`` (TL 3.x/4.x) or a ``HookedTransformer`` (TL 3.x).
+
+    Raises:
+        TypeError: If ``model`` is neither.
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> view = fl.ModelView(fl.toy_model())
+        >>> view.backend, view.basis
+        ('bridge', 'raw')
+        >>> view.resid_hook(-1), view.resid_hook(0)
+        ('blocks.0.hook_resid_pre', 'blocks.0.hook_resid_post')
+    """
+
+    def __init__(self, model: Any):
+        if isinstance(model, ModelView):  # pragma: no cover - use as_view
+            model = model.model
+        name = type(model).__name__
+        if "Bridge" in name:
+            self.backend: Literal["bridge", "hooked"] = "bridge"
+        elif name == "HookedTransformer" or (
+            hasattr(model, "cfg") and hasattr(model, "run_with_cache") and hasattr(model, "W_E")
+        ):
+            self.backend = "hooked"
+        else:
+            raise TypeError(
+                f"model must be a TransformerLens TransformerBridge or HookedTransformer, got "
+                f"{name}. Load one with fl.load_model(name_or_path) or fl.toy_model()."
+            )
+        self.model = model
+        cfg = model.cfg
+        self.cfg = cfg
+        self.n_layers: int = int(cfg.n_layers)
+        self.d_model: int = int(cfg.d_model)
+        self.n_heads: int = int(cfg.n_heads)
+        self.d_head: int = int(cfg.d_head)
+        self.d_vocab: int = int(cfg.d_vocab)
+        self.n_ctx: int = int(cfg.n_ctx)
+        n_kv = getattr(cfg, "n_key_value_heads", None)
+        self.n_kv_heads: int = int(n_kv) if n_kv else self.n_heads
+        self.positional_embedding_type: str = str(
+            getattr(cfg, "positional_embedding_type", "standard")
+        )
+        self.eps: float = float(getattr(cfg, "eps", 1e-5))
+        self.use_attn_scale: bool = bool(getattr(cfg, "use_attn_scale", True))
+        self.attn_scale: float = (
+            float(getattr(cfg, "attn_scale", math.sqrt(self.d_head)) or math.sqrt(self.d_head))
+            if self.use_attn_scale
+            else 1.0
+        )
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.model, "tokenizer", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    @property
+    def normalization_type(self) -> str | None:
+        """TransformerLens normalisation label: ``LN``, ``LNPre``, ``RMS``, ``RMSPre`` or None."""
+        return getattr(self.cfg, "normalization_type", None)
+
+    @property
+    def compatibility_mode(self) -> bool:
+        return bool(getattr(self.model, "compatibility_mode", False))
+
+    @property
+    def basis(self) -> Basis:
+        """Residual basis: ``"raw"`` (HF hidden states) or ``"processed"`` (centred/folded).
+
+        ``processed`` when the bridge is in compatibility mode, when LayerNorm was folded
+        (``LNPre``/``RMSPre``), or when the writing weights were centred (every row of ``W_E``
+        has mean zero to float precision: never true of trained or random raw weights).
+        """
+        if self.compatibility_mode or self.normalization_type in ("LNPre", "RMSPre"):
+            return "processed"
+        if self.normalization_type == "LN":
+            row_mean = self.W_E.detach().float().mean(-1).abs().max()
+            row_scale = self.W_E.detach().float().abs().mean()
+            if row_mean <= 1e-6 * max(float(row_scale), 1e-12):
+                return "processed"
+        return "raw"
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable 16-hex-digit identifier of the architecture and weights.
+
+        It hashes the architecture numbers and a strided sample of every weight of the
+        normalised surface (W_E, W_pos, attention, unembedding), cast to bfloat16, so the same
+        weights give the same fingerprint on bridge and HookedTransformer, on any device, and
+        in fp32 or bf16. Processing (compatibility mode) changes weights and so the fingerprint;
+        artifacts also record the basis, which is checked first for a clearer error.
+        """
+        h = hashlib.sha256()
+        arch = {
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "d_head": self.d_head,
+            "d_vocab": self.d_vocab,
+            "pos": self.positional_embedding_type,
+        }
+        h.update(json.dumps(arch, sort_keys=True).encode())
+        tensors = [self.W_E, self.W_pos, self.W_Q, self.W_K, self.W_V, self.W_O, self.W_U]
+        for t in tensors:
+            if t is None:
+                h.update(b"none")
+                continue
+            flat = t.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].to("cpu", torch.bfloat16).view(torch.int16)
+            h.update(str(tuple(t.shape)).encode())
+            h.update(sample.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary of the model (what ``futurelens-tl info`` prints)."""
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "backend": self.backend,
+            "transformer_lens": tl_version(),
+            "class": type(self.model).__name__,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "d_head": self.d_head,
+            "d_vocab": self.d_vocab,
+            "n_ctx": self.n_ctx,
+            "normalization_type": self.normalization_type,
+            "positional_embedding_type": self.positional_embedding_type,
+            "basis": self.basis,
+            "fingerprint": self.fingerprint,
+            "n_params": int(n_params),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+        }
+
+    # ------------------------------------------------------------------ layers and hooks
+    def layer_index(self, layer: LayerLike, *, arg: str = "layer") -> int:
+        """Validate a layer (``-1``/``"embed"`` .. ``n_layers-1``) and return it as an int.
+
+        Raises:
+            ValueError: If the layer is out of range or an unknown string.
+            TypeError: If it is neither int nor str.
+        """
+        if isinstance(layer, str):
+            if layer == "embed":
+                return -1
+            try:
+                layer = int(layer)
+            except ValueError:
+                raise ValueError(
+                    f"{arg}={layer!r} is not a layer; use an int in -1..{self.n_layers - 1} "
+                    "(-1 or 'embed' is the embedding output)."
+                ) from None
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"{arg} must be an int or 'embed', got {type(layer).__name__}")
+        if not -1 <= layer < self.n_layers:
+            raise ValueError(
+                f"{arg}={layer} is out of range for a {self.n_layers}-layer model; allowed "
+                f"-1 ('embed') .. {self.n_layers - 1} (layer l = output of block l)."
+            )
+        return layer
+
+    def layer_indices(self, layers: Iterable[LayerLike] | LayerLike | None) -> list[int]:
+        """Validate several layers; ``None`` means all of ``-1 .. n_layers-1``."""
+        if layers is None:
+            return list(range(-1, self.n_layers))
+        if isinstance(layers, (int, str)):
+            layers = [layers]
+        out = [self.layer_index(x, arg="layers") for x in layers]
+        if not out:
+            raise ValueError("layers is empty; pass None for all layers or a non-empty list.")
+        return out
+
+    @staticmethod
+    def resid_hook(layer: int) -> str:
+        """Hook name of the residual stream at ``layer`` (see the module's layer convention)."""
+        return resid_hook_name(layer)
+
+    @staticmethod
+    def attn_hook(layer: int, what: str = "pattern") -> str:
+        """``blocks.{layer}.attn.hook_{what}`` (pattern, attn_scores, q, k, v, z)."""
+        return f"blocks.{layer}.attn.hook_{what}"
+
+    # ------------------------------------------------------------------ weights
+    def _expand_kv(self, w: Tensor | None, head_dim: int) -> Tensor | None:
+        if w is None:
+            return None
+        n = w.shape[head_dim]
+        if n != self.n_heads:
+            if self.n_heads % n:
+                raise ValueError(f"cannot expand {n} key/value heads to {self.n_heads} heads")
+            w = w.repeat_interleave(self.n_heads // n, dim=head_dim)
+        return w
+
+    def _param(self, name: str) -> Tensor | None:
+        try:
+            return getattr(self.model, name)
+        except (AttributeError, KeyError, NotImplementedError):
+            return None
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.model.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"] | None:
+        """Learned absolute positions, or ``None`` for rotary/ALiBi/no-position models."""
+        if self.positional_embedding_type not in ("standard",):
+            return None
+        return self._param("W_pos")
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.model.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        b = self._param("b_U")
+        if b is None:
+            return torch.zeros(self.d_vocab, device=self.device, dtype=self.dtype)
+        return b
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self.model.W_Q
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._expand_kv(self.model.W_K, -3)
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._expand_kv(self.model.W_V, -3)
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
+        return self.model.W_O
+
+    def _bias(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        b = self._param(name)
+        if b is None:
+            return torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return b
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._bias("b_Q", (self.n_layers, self.n_heads, self.d_head))
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._expand_kv(self._bias("b_K", (self.n_layers, self.n_heads, self.d_head)), -2)
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._expand_kv(self._bias("b_V", (self.n_layers, self.n_heads, self.d_head)), -2)
+
+    @property
+    def b_O(self) -> Float[Tensor, "n_layers d_model"]:
+        return self._bias("b_O", (self.n_layers, self.d_model))
+
+    def _norm_module_params(self, module: Any, kind_label: str | None) -> NormParams:
+        if kind_label is None:
+            return NormParams(None, None, None, self.eps)
+        kind: Literal["LN", "RMS"] = "RMS" if kind_label.startswith("RMS") else "LN"
+        folded = kind_label.endswith("Pre")
+        w = None if folded else getattr(module, "w", None)
+        b = None if (folded or kind == "RMS") else getattr(module, "b", None)
+        eps = float(getattr(getattr(module, "cfg", None), "eps", self.eps) or self.eps)
+        return NormParams(kind, w, b, eps)
+
+    @property
+    def ln_final(self) -> NormParams:
+        """The final norm as plain parameters (``w``/``b`` are ``None`` when folded)."""
+        module = getattr(self.model, "ln_final", None)
+        label = self.normalization_type if module is not None else None
+        final_rms = getattr(self.cfg, "final_rms", False)
+        if final_rms and label == "LN":  # pragma: no cover - rare architectures
+            label = "RMS"
+        return self._norm_module_params(module, label)
+
+    def ln1(self, layer: int) -> NormParams:
+        """Block ``layer``'s attention-input norm as plain parameters."""
+        module = getattr(self.model.blocks[layer], "ln1", None)
+        label = self.normalization_type if module is not None else None
+        return self._norm_module_params(module, label)
+
+    # ------------------------------------------------------------------ readout
+    def final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Apply the model's final norm with statistics recomputed for each row of ``resid``."""
+        return self.ln_final(resid)
+
+    def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """``x @ W_U + b_U`` followed by the model's output transform (soft-cap), if any."""
+        logits = x @ self.W_U + self.b_U
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def readout(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        """Logits the model would output if ``resid`` were its final residual."""
+        return self.unembed(self.final_norm(resid))
+
+    # ------------------------------------------------------------------ tokens and running
+    def to_tokens(
+        self,
+        text: str | Sequence[str] | Tensor,
+        *,
+        prepend_bos: bool = True,
+        arg: str = "text",
+    ) -> Int[Tensor, "batch pos"]:
+        """Tokenise (or validate) input; always ``[batch, pos]`` on the model's device.
+
+        Raises:
+            ValueError: On empty text, ids outside the vocabulary, or more than ``n_ctx``
+                tokens (split long text with ``futurelens_tl.data.token_windows``).
+            TypeError: On input that is neither text nor a tensor of token ids.
+        """
+        if isinstance(text, Tensor):
+            tokens = text
+            if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+                raise TypeError(f"{arg} must hold integer token ids, got dtype {tokens.dtype}")
+            if tokens.ndim == 1:
+                tokens = tokens[None]
+            if tokens.ndim != 2:
+                raise ValueError(f"{arg} must be [batch, pos] token ids, got {tuple(tokens.shape)}")
+            if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.d_vocab):
+                raise ValueError(
+                    f"{arg} holds token ids outside the vocabulary 0..{self.d_vocab - 1} "
+                    f"(min {int(tokens.min())}, max {int(tokens.max())})."
+                )
+            tokens = tokens.long().to(self.device)
+        else:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not texts or any(not isinstance(t, str) for t in texts):
+                raise TypeError(f"{arg} must be a string, a list of strings or token ids")
+            if any(t == "" for t in texts) and not prepend_bos:
+                raise ValueError(f"{arg} is empty; give at least one character of text.")
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer; pass token ids instead of text")
+            if any(t == "" for t in texts):
+                raise ValueError(f"{arg} is empty; give at least one character of text.")
+            tokens = self.model.to_tokens(texts if len(texts) > 1 else texts[0],
+                                          prepend_bos=prepend_bos)
+            tokens = tokens.to(self.device)
+        if tokens.shape[-1] == 0:
+            raise ValueError(f"{arg} tokenises to nothing; give at least one token.")
+        if tokens.shape[-1] > self.n_ctx:
+            raise ValueError(
+                f"{arg} is {tokens.shape[-1]} tokens long but the model's context is n_ctx="
+                f"{self.n_ctx}; shorten it or split it with futurelens_tl.data.token_windows()."
+            )
+        return tokens
+
+    def to_str_tokens(self, tokens: Int[Tensor, "... pos"]) -> list[str]:
+        """Readable string per token of a 1-D (or ``[1, pos]``) token tensor."""
+        t = tokens.reshape(-1) if tokens.ndim > 1 and tokens.shape[0] == 1 else tokens
+        if t.ndim != 1:
+            raise ValueError(f"to_str_tokens takes one sequence, got shape {tuple(tokens.shape)}")
+        return [str(s) for s in self.model.to_str_tokens(t)]
+
+    def forward(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> Tensor:
+        """Plain forward pass returning logits."""
+        return self.model(tokens, **kwargs)
+
+    def run_with_cache(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        names: Iterable[str] | Callable[[str], bool] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run once, caching the hooks in ``names`` (a list or a predicate); a plain dict back."""
+        if names is not None and not callable(names):
+            wanted = set(names)
+            names_filter: Callable[[str], bool] | None = wanted.__contains__
+        else:
+            names_filter = names  # type: ignore[assignment]
+        logits, cache = self.model.run_with_cache(tokens, names_filter=names_filter, **kwargs)
+        return logits, {k: cache[k] for k in cache.keys()}
+
+    def run_with_hooks(
+        self,
+        tokens: Tensor,
+        fwd_hooks: Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]],
+        **kwargs: Any,
+    ) -> Tensor:
+        """``model.run_with_hooks`` with the legacy hook signature ``fn(tensor, hook)``."""
+        return self.model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kwargs)
+
+    def residuals(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        layers: Iterable[LayerLike] | None = None,
+        **kwargs: Any,
+    ) -> tuple[Float[Tensor, "batch pos d_vocab"], Float[Tensor, "layers batch pos d_model"]]:
+        """Residual stream at ``layers`` (default all, ``-1..L-1``) from one forward pass.
+
+        Returns:
+            ``(logits, resid)`` with ``resid[k]`` the residual at ``layers[k]``.
+        """
+        idx = self.layer_indices(layers)
+        names = [self.resid_hook(layer) for layer in idx]
+        logits, cache = self.run_with_cache(tokens, names, **kwargs)
+        return logits, torch.stack([cache[n] for n in names])
+
+    def freeze(self) -> ModelView:
+        """Put the model in eval mode with ``requires_grad_(False)`` (trainers call this)."""
+        self.model.eval()
+        self.model.requires_grad_(False)
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelView({type(self.model).__name__}, L={self.n_layers}, d={self.d_model}, "
+            f"H={self.n_heads}, V={self.d_vocab}, basis={self.basis})"
+        )
+
+
+def as_view(model: Any) -> ModelView:
+    """Return ``model`` as a :class:`ModelView` (idempotent; cached on the model object)."""
+    if isinstance(model, ModelView):
+        return model
+    view = getattr(model, "_futurelens_view", None)
+    if isinstance(view, ModelView) and view.model is model:
+        return view
+    view = ModelView(model)
+    try:
+        object.__setattr__(model, "_futurelens_view", view)
+    except Exception:  # pragma: no cover - exotic models refusing attributes
+        pass
+    return view
+
+
+# ---------------------------------------------------------------------- loading
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype={dtype} is not a floating dtype; allowed: {sorted(_DTYPES)}")
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted(_DTYPES)}")
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0' or 'mps'."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA but torch sees no GPU; use 'cpu'.")
+    if dev.type == "mps" and not (
+        hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"device={device!r} asked for MPS, which is not available; use 'cpu'.")
+    return dev
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    backend: Literal["auto", "bridge", "hooked"] = "auto",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    process_weights: bool = False,
+) -> Any:
+    """Load a TransformerLens model by hub name or local path, in the raw residual basis.
+
+    Lenses want the **raw (unprocessed) residual basis** by default: residuals equal Hugging
+    Face ``hidden_states`` (reference ``lenses-and-transformerlens.md`` §C.6), which is the basis
+    published tuned lenses and Future Lens prompts were fitted in. The basis is recorded by
+    :class:`ModelView` (``view.basis``) and in every trained artifact. Pass
+    ``process_weights=True`` for HookedTransformer-style processed weights (``fold_ln``, centred
+    writing weights): logit-lens log-probs are unchanged, trained affine lenses are not.
+
+    Args:
+        name_or_path: A model name TransformerLens knows (``"gpt2"``, ``"EleutherAI/pythia-70m"``),
+            a local directory in Hugging Face format (``config.json`` + weights + tokenizer), or
+            ``"toy"`` for the embedded offline default (:func:`futurelens_tl.toy_model`).
+        backend: ``"bridge"`` (``TransformerBridge.boot_transformers``, TL >= 3), ``"hooked"``
+            (``HookedTransformer``, TL 3.x only) or ``"auto"`` (bridge).
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
+        dtype: ``torch.float32`` (default), ``"bfloat16"``, ``"float16"``.
+        process_weights: Put the model in the processed basis (see above).
+
+    Returns:
+        The TransformerLens model (wrap it with :func:`as_view` for the adapter).
+
+    Raises:
+        ValueError: Unknown backend, device or dtype; ``backend="hooked"`` on TL >= 4; a name
+            that is neither a known model nor a local directory (the message says how to pass a
+            local path), or weights that cannot be fetched offline.
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> model = fl.load_model("toy")
+        >>> fl.ModelView(model).basis
+        'raw'
+    """
+    if backend not in ("auto", "bridge", "hooked"):
+        raise ValueError(f"backend={backend!r} is not one of 'auto', 'bridge', 'hooked'.")
+    torch_dtype = _resolve_dtype(dtype)
+    dev = _resolve_device(device)
+    if torch_dtype == torch.float16 and dev.type == "cpu":
+        raise ValueError(
+            "dtype=float16 on device='cpu' is unsupported by many CPU kernels; use float32 or "
+            "bfloat16 on CPU, or float16 on 'cuda'."
+        )
+    name = os.fspath(name_or_path)
+    if name == "toy":
+        from futurelens_tl.toy import toy_model
+
+        model = toy_model(backend=backend if backend != "auto" else "bridge")
+        model = model.to(dev).to(torch_dtype) if (dev.type != "cpu" or dtype) else model
+        if process_weights:
+            _process(model)
+        return model
+    if backend == "hooked":
+        if _tl_major() >= 4:
+            raise ValueError(
+                f"backend='hooked' needs TransformerLens 3.x, but transformer-lens "
+                f"{tl_version()} is installed, which removed HookedTransformer. Use "
+                "backend='bridge' (the default), or `pip install 'transformer-lens==3.9.*'`."
+            )
+        return _load_hooked(name, dev, torch_dtype, process_weights)
+    return _load_bridge(name, dev, torch_dtype, process_weights)
+
+
+def _process(model: Any) -> None:
+    if "Bridge" in type(model).__name__:
+        model.enable_compatibility_mode()
+    else:
+        raise ValueError(
+            "process_weights=True on an already built HookedTransformer is not supported; "
+            "load it with load_model(..., backend='hooked', process_weights=True)."
+        )
+
+
+def _load_error(name: str, err: Exception) -> ValueError:
+    local = os.path.exists(name)
+    hint = (
+        f"{name!r} is a local path but could not be loaded as a Hugging Face model directory "
+        "(it needs config.json, the weights and tokenizer files)."
+        if local
+        else f"{name!r} is not a local directory and could not be fetched from the Hugging Face "
+        "hub (unknown name, or no network). Pass a TransformerLens model name such as 'gpt2', "
+        "a local directory saved with `model.save_pretrained(dir); tokenizer.save_pretrained(dir)`"
+        ", or 'toy' for the offline default."
+    )
+    return ValueError(f"name_or_path={name!r}: {hint} Underlying error: "
+                      f"{type(err).__name__}: {err}")
+
+
+def _load_bridge(name: str, dev: torch.device, dtype: torch.dtype, process: bool) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(name, device=str(dev), dtype=dtype)
+    except Exception as err:  # hub/network/format errors come in many types
+        raise _load_error(name, err) from err
+    if process:
+        bridge.enable_compatibility_mode()
+    return bridge
+
+
+def _load_hooked(name: str, dev: torch.device, dtype: torch.dtype, process: bool) -> Any:
+    import transformer_lens
+
+    hooked_cls = transformer_lens.HookedTransformer
+    try:
+        if process:
+            return hooked_cls.from_pretrained(name, device=str(dev), dtype=dtype)
+        return hooked_cls.from_pretrained_no_processing(name, device=str(dev), dtype=dtype)
+    except Exception as err:
+        raise _load_error(name, err) from err
