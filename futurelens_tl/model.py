@@ -316,7 +316,7 @@ class ModelView:
     def _param(self, name: str) -> Tensor | None:
         try:
             return getattr(self.model, name)
-        except (AttributeError, KeyError, NotImplementedError):
+        except (AttributeError, KeyError, NotImplementedError, TypeError):
             return None
 
     @property
@@ -328,7 +328,13 @@ class ModelView:
         """Learned absolute positions, or ``None`` for rotary/ALiBi/no-position models."""
         if self.positional_embedding_type not in ("standard",):
             return None
-        return self._param("W_pos")
+        w = self._param("W_pos")
+        if w is None:  # TL 3.9 bridges expose it only on the component
+            pos = getattr(self.model, "pos_embed", None)
+            w = getattr(pos, "W_pos", None)
+            if w is None and pos is not None:
+                w = getattr(getattr(pos, "_original_component", None), "weight", None)
+        return w
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
@@ -461,8 +467,9 @@ class ModelView:
                 raise ValueError("this model has no tokenizer; pass token ids instead of text")
             if any(t == "" for t in texts):
                 raise ValueError(f"{arg} is empty; give at least one character of text.")
+            # truncate=False: TransformerLens would otherwise cut at n_ctx silently.
             tokens = self.model.to_tokens(texts if len(texts) > 1 else texts[0],
-                                          prepend_bos=prepend_bos)
+                                          prepend_bos=prepend_bos, truncate=False)
             tokens = tokens.to(self.device)
         if tokens.shape[-1] == 0:
             raise ValueError(f"{arg} tokenises to nothing; give at least one token.")

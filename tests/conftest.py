@@ -143,3 +143,25 @@ def gpt2_tokenizer():
     from transformers import GPT2TokenizerFast
 
     return GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER_DIR))
+
+
+def hf_llama_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab=61,
+                    n_ctx=32, seed=0):
+    """A bridge around a random HF ``LlamaForCausalLM`` (RMSNorm, rotary, GQA, no biases)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    tok = make_word_tokenizer(tmp, vocab)
+    cfg = LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
+                      num_key_value_heads=n_kv_heads, intermediate_size=2 * d_model,
+                      vocab_size=vocab, max_position_embeddings=n_ctx, bos_token_id=0,
+                      eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    hf = LlamaForCausalLM(cfg)
+    perturb_norms(hf, seed)
+    d = tmp / "hf_llama"
+    hf.save_pretrained(d)
+    tok.save_pretrained(d)
+    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
+    bridge.eval()
+    return bridge
