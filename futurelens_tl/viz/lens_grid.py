@@ -1,0 +1,722 @@
+"""The side-by-side lens grid: layer x position, one shared colour scale, hover, diff, pins.
+
+Implements the canonical visualisation of reference lenses-and-transformerlens.md §A.4:
+
+* rows are lens rows in layer order (``embed, 0, 1, ...``), input at the bottom by default
+  (``top_down=True`` flips it; the page also has a toggle);
+* the bottom axis shows the input tokens, the top axis the true next token, starred ``*`` when
+  the model's final top-1 equals it;
+* cell text is the row's top-1 token with whitespace made visible and long tokens truncated;
+* cell colour is switchable between ``prob`` (top-1 probability), ``rank`` (rank of the true
+  next token, log scale), ``kl`` (KL(final || row)), ``entropy`` and ``pinned`` (probability of
+  a pinned token), with colour-blind-safe sequential maps (viridis / cividis) and one colour
+  scale shared by every lens panel; a ``diff`` panel shows lens A minus lens B per cell
+  (diverging purple-orange map);
+* hovering a cell shows that lens's top-k table, the true next token's probability and rank,
+  entropy, KL and the free-running continuation (Future Lens panels are marked
+  "free-running");
+* clicking a cell, or a token in the hover table, pins the token; the pinned-token panel draws
+  an inline SVG line chart of each pinned token's probability across rows at the selected
+  position, one line per lens and pin.
+
+The grid data contract (a plain JSON-ready dict) is produced by ``futurelens_tl.compare``; see
+:func:`validate_grid`. This module is part of the leaf package :mod:`futurelens_tl.viz` and
+imports nothing else of ``futurelens_tl``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .html import (
+    escape,
+    fragment,
+    json_script,
+    page,
+    read_json_script,
+    to_jsonable,
+    unique_id,
+    visible_token,
+)
+
+__all__ = [
+    "COLOR_MODES",
+    "cell_metric",
+    "demo_grid",
+    "grid_from_html",
+    "lens_grid_figure",
+    "lens_grid_html",
+    "validate_grid",
+]
+
+COLOR_MODES = ("prob", "rank", "kl", "entropy", "pinned")
+
+# Colour maps as (position, "#rrggbb") stops, sampled from matplotlib's viridis, cividis and
+# PuOr (all colour-blind safe). The same stops drive the Python pre-render and the page's JS.
+CMAPS: dict[str, list[list[Any]]] = {
+    "viridis": [
+        [0.0, "#440154"], [0.125, "#472d7b"], [0.25, "#3b528b"], [0.375, "#2c728e"],
+        [0.5, "#21918c"], [0.625, "#28ae80"], [0.75, "#5ec962"], [0.875, "#addc30"],
+        [1.0, "#fde725"],
+    ],
+    "cividis": [
+        [0.0, "#00224e"], [0.125, "#1f3a6e"], [0.25, "#4c546c"], [0.375, "#6a6c71"],
+        [0.5, "#838579"], [0.625, "#a09d78"], [0.75, "#c0b76e"], [0.875, "#e1d15b"],
+        [1.0, "#fee838"],
+    ],
+    "puor": [
+        [0.0, "#2d004b"], [0.1, "#542788"], [0.2, "#8073ac"], [0.3, "#b2abd2"],
+        [0.4, "#d8daeb"], [0.5, "#f7f7f7"], [0.6, "#fee0b6"], [0.7, "#fdb863"],
+        [0.8, "#e08214"], [0.9, "#b35806"], [1.0, "#7f3b08"],
+    ],
+}
+
+# Per colour mode: map, whether bright means "low value" (so bright = sharp / close to the
+# final distribution in every mode), legend label, and the matplotlib colour map name.
+_MODE_STYLE: dict[str, dict[str, Any]] = {
+    "prob": {"cmap": "viridis", "reverse": False, "label": "top-1 probability",
+             "mpl": "viridis"},
+    "rank": {"cmap": "viridis", "reverse": True, "label": "rank of true next token (log)",
+             "mpl": "viridis_r"},
+    "kl": {"cmap": "cividis", "reverse": True, "label": "KL(final ‖ row), nats",
+           "mpl": "cividis_r"},
+    "entropy": {"cmap": "cividis", "reverse": True, "label": "entropy, nats",
+                "mpl": "cividis_r"},
+    "pinned": {"cmap": "viridis", "reverse": False, "label": "probability of pinned token",
+               "mpl": "viridis"},
+}
+
+_PROB_DIGITS = 4
+_CELL_CHARS = 7
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _shape_error(key: str, expected: str, got: Any) -> ValueError:
+    return ValueError(f"grid[{key}] must be {expected}; got {got}")
+
+
+def _check_nested(value: Any, dims: list[int | None], key: str, *, allow_none_leaf: bool) -> None:
+    """Check that ``value`` is nested lists whose first len(dims) lengths match ``dims``."""
+
+    def rec(v: Any, depth: int, where: str) -> None:
+        if not isinstance(v, list):
+            raise _shape_error(key + where, f"a list (dimension {depth} of {len(dims)})",
+                               type(v).__name__)
+        want = dims[depth]
+        if want is not None and len(v) != want:
+            raise _shape_error(key + where, f"of length {want} at dimension {depth}",
+                               f"length {len(v)}")
+        if depth + 1 < len(dims):
+            for i, item in enumerate(v):
+                if item is None and allow_none_leaf and depth + 1 == len(dims) - 1:
+                    continue
+                rec(item, depth + 1, f"{where}[{i}]")
+
+    rec(value, 0, "")
+
+
+def validate_grid(grid: dict[str, Any]) -> dict[str, Any]:
+    """Check a lens-grid dict against the data contract and return a plain-JSON copy.
+
+    The contract (produced by ``futurelens_tl.compare``; R rows, P positions, k top-k)::
+
+        {"title": str, "prompt": str, "tokens": [str]*P, "next_tokens": [str|None]*P,
+         "next_correct": [bool]*P, "rows": [str]*R, "row_layers": [int]*R, "k": int,
+         "lenses": [{"name": str, "token_fed": bool, "note": str,
+                     "available": R x P bools, "top_ids": R x P x k ints,
+                     "top_tokens": R x P x k strs, "top_probs": R x P x k floats,
+                     "p_next": R x P floats|None, "rank_next": R x P ints|None,
+                     "entropy": R x P floats, "kl": R x P floats,
+                     "cont_tokens": R x P x n strs (optional),
+                     "cont_probs": R x P x n floats (optional),
+                     "tracked": {"ids": [int]*T, "tokens": [str]*T,
+                                 "probs": R x P x T floats} (optional)}, ...]}
+
+    Numpy/torch arrays are accepted anywhere a nested list is (converted with ``tolist``).
+    Individual values may be ``None`` (undefined, e.g. the rank at the last position).
+
+    Args:
+        grid: The grid dict.
+
+    Returns:
+        A validated copy with plain Python types; ``title``/``prompt``/``note`` default to ``""``.
+
+    Raises:
+        TypeError: If ``grid`` is not a dict.
+        ValueError: Naming the missing or ill-shaped key.
+
+    Examples:
+        >>> validate_grid({"tokens": ["a"]})
+        Traceback (most recent call last):
+        ...
+        ValueError: grid is missing required key 'next_tokens' ...
+    """
+    if not isinstance(grid, dict):
+        raise TypeError(f"grid must be a dict (the lens-grid contract), got {type(grid).__name__}")
+    required = ["tokens", "next_tokens", "next_correct", "rows", "row_layers", "k", "lenses"]
+    for key in required:
+        if key not in grid:
+            raise ValueError(
+                f"grid is missing required key {key!r} (required: {required}); "
+                "see futurelens_tl.viz.lens_grid.validate_grid for the contract"
+            )
+    g = to_jsonable(grid)
+    g.setdefault("title", "")
+    g.setdefault("prompt", "")
+    tokens = g["tokens"]
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise _shape_error("'tokens'", "a non-empty list of strings", repr(tokens)[:80])
+    P = len(tokens)
+    _check_nested(g["next_tokens"], [P], "'next_tokens'", allow_none_leaf=False)
+    _check_nested(g["next_correct"], [P], "'next_correct'", allow_none_leaf=False)
+    rows = g["rows"]
+    if not isinstance(rows, list) or not rows:
+        raise _shape_error("'rows'", "a non-empty list of row labels", repr(rows)[:80])
+    g["rows"] = [str(r) for r in rows]
+    R = len(rows)
+    _check_nested(g["row_layers"], [R], "'row_layers'", allow_none_leaf=False)
+    k = g["k"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise _shape_error("'k'", "an int >= 1", repr(k))
+    lenses = g["lenses"]
+    if not isinstance(lenses, list) or not lenses:
+        raise _shape_error("'lenses'", "a non-empty list of lens dicts", repr(lenses)[:80])
+    names = set()
+    for i, lens in enumerate(lenses):
+        where = f"'lenses'][{i}"
+        if not isinstance(lens, dict):
+            raise _shape_error(where, "a dict", type(lens).__name__)
+        for key in ("name", "available", "top_ids", "top_tokens", "top_probs", "entropy", "kl"):
+            if key not in lens:
+                raise ValueError(f"grid['lenses'][{i}] is missing required key {key!r}")
+        name = lens["name"]
+        if not isinstance(name, str) or not name:
+            raise _shape_error(where + "]['name'", "a non-empty string", repr(name))
+        if name in names:
+            raise ValueError(f"grid['lenses'][{i}]['name']={name!r} is not unique")
+        names.add(name)
+        lens.setdefault("note", "")
+        lens.setdefault("token_fed", False)
+        lens.setdefault("p_next", None)
+        lens.setdefault("rank_next", None)
+        for key in ("available", "entropy", "kl"):
+            _check_nested(lens[key], [R, P], f"{where}]['{key}'", allow_none_leaf=False)
+        for key in ("p_next", "rank_next"):
+            if lens[key] is not None:
+                _check_nested(lens[key], [R, P], f"{where}]['{key}'", allow_none_leaf=False)
+        for key in ("top_ids", "top_tokens", "top_probs"):
+            _check_nested(lens[key], [R, P, None], f"{where}]['{key}'", allow_none_leaf=False)
+            for r in range(R):
+                for p in range(P):
+                    if len(lens[key][r][p]) > k:
+                        raise _shape_error(f"{where}]['{key}'][{r}][{p}", f"at most k={k} long",
+                                           f"length {len(lens[key][r][p])}")
+        for key in ("cont_tokens", "cont_probs"):
+            if lens.get(key) is not None:
+                _check_nested(lens[key], [R, P, None], f"{where}]['{key}'",
+                              allow_none_leaf=True)
+        tracked = lens.get("tracked")
+        if tracked is not None:
+            if not isinstance(tracked, dict) or not {"ids", "tokens", "probs"} <= set(tracked):
+                raise _shape_error(where + "]['tracked'", "a dict with ids, tokens, probs",
+                                   repr(tracked)[:80])
+            T = len(tracked["ids"])
+            _check_nested(tracked["tokens"], [T], f"{where}]['tracked']['tokens'",
+                          allow_none_leaf=False)
+            _check_nested(tracked["probs"], [R, P, T], f"{where}]['tracked']['probs'",
+                          allow_none_leaf=False)
+    return g
+
+
+def _round_grid(g: dict[str, Any]) -> dict[str, Any]:
+    """Round probabilities and nats to 4 decimals (compact JSON payload)."""
+    out = dict(g)
+    out["lenses"] = []
+    for lens in g["lenses"]:
+        lens = dict(lens)
+        for key in ("top_probs", "p_next", "entropy", "kl", "cont_probs"):
+            if lens.get(key) is not None:
+                lens[key] = to_jsonable(lens[key], digits=_PROB_DIGITS)
+        if lens.get("tracked") is not None:
+            tr = dict(lens["tracked"])
+            tr["probs"] = to_jsonable(tr["probs"], digits=_PROB_DIGITS)
+            lens["tracked"] = tr
+        out["lenses"].append(lens)
+    return out
+
+
+# --------------------------------------------------------------------------- metrics / colours
+
+
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def cell_metric(lens: dict[str, Any], mode: str, r: int, p: int,
+                pinned_id: int | None = None) -> float | None:
+    """Value that colours one cell: the metric of reference §A.4 (``None`` when undefined).
+
+    Args:
+        lens: One validated lens dict of the grid.
+        mode: One of :data:`COLOR_MODES`.
+        r: Row index.
+        p: Position index.
+        pinned_id: Token id for ``mode="pinned"``.
+
+    Returns:
+        ``prob``: top-1 probability; ``rank``: log10 of the 1-based rank of the true next token;
+        ``kl``/``entropy``: nats; ``pinned``: probability of ``pinned_id`` (from ``tracked`` or
+        the top-k), ``None`` where unknown.
+    """
+    if not lens["available"][r][p]:
+        return None
+    if mode == "prob":
+        probs = lens["top_probs"][r][p]
+        return _num(probs[0]) if probs else None
+    if mode == "rank":
+        if lens.get("rank_next") is None:
+            return None
+        rank = _num(lens["rank_next"][r][p])
+        return math.log10(rank) if rank is not None and rank >= 1 else None
+    if mode in ("kl", "entropy"):
+        return _num(lens[mode][r][p])
+    if mode == "pinned":
+        if pinned_id is None:
+            return None
+        tracked = lens.get("tracked")
+        if tracked is not None and pinned_id in tracked["ids"]:
+            return _num(tracked["probs"][r][p][tracked["ids"].index(pinned_id)])
+        ids = lens["top_ids"][r][p]
+        if pinned_id in ids:
+            return _num(lens["top_probs"][r][p][ids.index(pinned_id)])
+        return None
+    raise ValueError(f"color={mode!r} is not a colour mode; allowed: {list(COLOR_MODES)}")
+
+
+def _scale(values: list[float | None], mode: str) -> tuple[float, float]:
+    """Shared (vmin, vmax) of a colour mode over all lens panels."""
+    if mode in ("prob", "pinned"):
+        return 0.0, 1.0
+    finite = [v for v in values if v is not None]
+    vmax = max(finite) if finite else 1.0
+    if mode == "rank":
+        return 0.0, max(vmax, 1.0)  # log10(rank) in [0, log10(max rank)], at least 1..10
+    return 0.0, max(vmax, 1e-6)
+
+
+def _hex(c: str) -> tuple[int, int, int]:
+    return int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16)
+
+
+def _cmap_color(cmap: str, t: float) -> str:
+    stops = CMAPS[cmap]
+    t = min(max(t, 0.0), 1.0)
+    for (t0, c0), (t1, c1) in zip(stops[:-1], stops[1:]):
+        if t <= t1:
+            f = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            a, b = _hex(c0), _hex(c1)
+            rgb = [round(x + (y - x) * f) for x, y in zip(a, b)]
+            return "#" + "".join(f"{v:02x}" for v in rgb)
+    return stops[-1][1]
+
+
+def _text_color(bg: str) -> str:
+    r, g, b = _hex(bg)
+    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "#111111" if lum > 140 else "#ffffff"
+
+
+def _color_for(value: float | None, mode: str, vmin: float, vmax: float) -> str | None:
+    if value is None:
+        return None
+    style = _MODE_STYLE[mode]
+    t = 0.0 if vmax <= vmin else (value - vmin) / (vmax - vmin)
+    if style["reverse"]:
+        t = 1.0 - t
+    return _cmap_color(style["cmap"], t)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _panel_html(g: dict[str, Any], li: int, mode: str, vmin: float, vmax: float,
+                top_down: bool) -> str:
+    lens = g["lenses"][li]
+    R, P = len(g["rows"]), len(g["tokens"])
+    badges = ""
+    note = str(lens.get("note") or "")
+    if "free" in note.lower() or lens.get("cont_tokens") is not None:
+        badges += '<span class="fl-badge" title="Future Lens: continuation generated free-running '\
+                  'from the top-1">free-running</span>'
+    elif note:
+        badges += f'<span class="fl-badge">{escape(note)}</span>'
+    head = ['<th class="fl-corner" title="true next token (* = model\'s final top-1)">next</th>']
+    for p in range(P):
+        nxt = g["next_tokens"][p]
+        star = "*" if g["next_correct"][p] else ""
+        cls = "fl-axis fl-correct" if star else "fl-axis"
+        title = f"true next token: {nxt!r}" + (" (model's final top-1 is correct)" if star else "")
+        head.append(f'<th class="{cls}" data-role="next" data-pos="{p}" title="{escape(title)}">'
+                    f"{escape(visible_token(nxt, max_len=_CELL_CHARS - len(star)))}{star}</th>")
+    foot = ['<th class="fl-corner">input</th>']
+    for p in range(P):
+        tok = g["tokens"][p]
+        foot.append(f'<th class="fl-axis" data-role="input" data-pos="{p}" '
+                    f'title="{escape(repr(tok))} (position {p})">'
+                    f"{escape(visible_token(tok, max_len=_CELL_CHARS))}</th>")
+    order = range(R) if top_down else range(R - 1, -1, -1)
+    body = []
+    for r in order:
+        tds = [f'<th class="fl-rowlab" title="layer {escape(g["row_layers"][r])}">'
+               f"{escape(g['rows'][r])}</th>"]
+        for p in range(P):
+            attrs = (f'data-role="cell" data-lens="{escape(lens["name"])}" data-li="{li}" '
+                     f'data-row="{r}" data-pos="{p}"')
+            if not lens["available"][r][p]:
+                tds.append(f'<td {attrs} class="fl-na" title="not covered by this lens">–</td>')
+                continue
+            toks = lens["top_tokens"][r][p]
+            top = toks[0] if toks else ""
+            bg = _color_for(cell_metric(lens, mode, r, p), mode, vmin, vmax)
+            style = f' style="background:{bg};color:{_text_color(bg)}"' if bg else ""
+            tds.append(f"<td {attrs}{style}>{escape(visible_token(top, max_len=_CELL_CHARS))}</td>")
+        body.append(f'<tr data-row="{r}">' + "".join(tds) + "</tr>")
+    return (
+        f'<div class="fl-panel" data-role="panel" data-lens="{escape(lens["name"])}" '
+        f'data-li="{li}"><div class="fl-panel-title">{escape(lens["name"])}{badges}</div>'
+        f'<table class="fl-gt"><thead><tr>{"".join(head)}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody><tfoot><tr>{"".join(foot)}</tr></tfoot></table></div>'
+    )
+
+
+def lens_grid_html(
+    grid: dict[str, Any],
+    *,
+    color: str = "prob",
+    standalone: bool = False,
+    height: int | None = None,
+    top_down: bool = False,
+    pins: list[int] | None = None,
+) -> str:
+    """Render the side-by-side lens grid as offline HTML (reference §A.4).
+
+    The result is a self-contained fragment for Jupyter / VS Code output cells (unique element
+    ids per render, script scoped to its root, data embedded as ``<script
+    type="application/json">``), or with ``standalone=True`` a full page; every asset is
+    inlined, nothing is loaded from the network. Cells carry ``data-role="cell"``,
+    ``data-lens``, ``data-row`` and ``data-pos``; the hover box is ``data-role="tooltip"`` and
+    each trajectory line ``data-role="trajectory"``. Without JavaScript (e.g. a static notebook
+    viewer) the grid still shows, coloured by ``color``.
+
+    Args:
+        grid: The lens-grid dict (see :func:`validate_grid`).
+        color: Initial colour mode, one of ``prob``, ``rank``, ``kl``, ``entropy``, ``pinned``.
+        standalone: Return a full ``<!DOCTYPE html>`` page instead of a fragment.
+        height: Maximum height in pixels of the panel area (scrolls beyond); ``None``: no limit.
+        top_down: Draw the embedding row at the top (default: input at the bottom).
+        pins: Token ids pinned initially (their trajectories are drawn on load).
+
+    Returns:
+        The HTML text.
+
+    Raises:
+        ValueError: On an invalid grid, colour mode or height.
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> model = fl.toy_model(verbose=False)  # doctest: +SKIP
+        >>> cmp = fl.compare(model, "The cat sat on the", [fl.LogitLens(model)])  # doctest: +SKIP
+        >>> html = lens_grid_html(cmp.grid, color="rank", standalone=True)  # doctest: +SKIP
+    """
+    if color not in COLOR_MODES:
+        raise ValueError(f"color={color!r} is not a colour mode; allowed: {list(COLOR_MODES)}")
+    if height is not None and (not isinstance(height, int) or height < 50):
+        raise ValueError(f"height={height!r} must be None or an int >= 50 (pixels)")
+    g = _round_grid(validate_grid(grid))
+    pins = [int(t) for t in (pins or [])]
+    R, P = len(g["rows"]), len(g["tokens"])
+    pin_id = pins[-1] if pins else None
+    values = [cell_metric(lens, color, r, p, pin_id)
+              for lens in g["lenses"] for r in range(R) for p in range(P)]
+    vmin, vmax = _scale(values, color)
+
+    uid = unique_id("fl-grid")
+    options = "".join(
+        f'<option value="{m}"{" selected" if m == color else ""}>{escape(_MODE_STYLE[m]["label"])}'
+        "</option>" for m in COLOR_MODES
+    )
+    lens_opts = "".join(f'<option value="{i}">{escape(lens["name"])}</option>'
+                        for i, lens in enumerate(g["lenses"]))
+    controls = (
+        '<div class="fl-controls">'
+        f'<label>colour <select data-role="color-mode">{options}</select></label>'
+        '<label>diff <select data-role="diff-a"><option value="">off</option>'
+        f'{lens_opts}</select> − <select data-role="diff-b">{lens_opts}</select></label>'
+        f'<label><input type="checkbox" data-role="top-down"{" checked" if top_down else ""}>'
+        " embed row on top</label>"
+        '<span class="fl-legend" data-role="legend"></span>'
+        "</div>"
+    )
+    panels = "".join(_panel_html(g, li, color, vmin, vmax, top_down)
+                     for li in range(len(g["lenses"])))
+    style = f' style="max-height:{height}px;overflow:auto"' if height else ""
+    pin_panel = (
+        '<div class="fl-pins" data-role="pin-panel"><div class="fl-pin-head">'
+        "<b>Pinned tokens</b>"
+        '<span data-role="pin-list"></span>'
+        '<button type="button" data-role="clear-pins">clear</button>'
+        '<span class="fl-note" data-role="pin-pos"></span></div>'
+        '<div data-role="pin-chart"><span class="fl-note">Click a cell, or a token in the hover '
+        "table, to pin it: its probability across rows is drawn here for every lens.</span>"
+        "</div></div>"
+    )
+    header = ""
+    if g["title"]:
+        header += f'<div class="fl-grid-title">{escape(g["title"])}</div>'
+    if g["prompt"]:
+        header += f'<div class="fl-prompt">prompt: <span class="fl-mono">{escape(g["prompt"])}'\
+                  "</span></div>"
+    view = {"color": color, "top_down": bool(top_down), "pins": pins, "cmaps": CMAPS,
+            "modes": _MODE_STYLE}
+    data_id = uid + "-data"
+    body = (
+        f'<div class="fl-grid" id="{uid}" data-fl="lens-grid">{header}{controls}'
+        f'<div class="fl-panels-wrap"{style}><div class="fl-panels" data-role="panels">'
+        f"{panels}</div></div>{pin_panel}"
+        '<div class="fl-tooltip" data-role="tooltip" hidden></div>'
+        f'{json_script({"grid": g, "view": view}, element_id=data_id)}</div>'
+    )
+    init = (f'(function(){{var r=document.getElementById("{uid}");'
+            "if(r&&window.flLensGrid){window.flLensGrid(r);}})();")
+    from .html import asset
+
+    frag = fragment(body, css=[asset("lens_grid.css")], js=[asset("lens_grid.js"), init])
+    if standalone:
+        return page(g["title"] or "lens grid", frag)
+    return frag
+
+
+def grid_from_html(html_text: str) -> dict[str, Any]:
+    """Read the grid payload back out of :func:`lens_grid_html` output (first grid).
+
+    Args:
+        html_text: HTML produced by :func:`lens_grid_html`.
+
+    Returns:
+        The embedded grid dict (probabilities rounded to 4 decimals).
+    """
+    import re
+
+    m = re.search(r'id="(fl-grid-[0-9a-f]+-data)"', html_text)
+    if m is None:
+        raise ValueError("html_text holds no lens-grid payload")
+    return read_json_script(html_text, m.group(1))["grid"]
+
+
+# --------------------------------------------------------------------------- static figure
+
+
+def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None, color: str = "prob"):
+    """Static matplotlib export of the lens grid: one subplot per lens, one colour scale.
+
+    Cell text is the top-1 token (whitespace visible, truncated); the bottom axis shows the
+    input tokens and the top axis the true next token, with ``*`` when the model's final top-1
+    is correct; rows run from ``embed`` at the bottom up to the last layer (reference §A.4).
+    Cells a lens does not cover are hatched.
+
+    Args:
+        grid: The lens-grid dict (see :func:`validate_grid`).
+        lens: Draw only the lens with this name (``None``: all lenses side by side).
+        color: ``prob``, ``rank``, ``kl`` or ``entropy``.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` (not attached to pyplot).
+
+    Raises:
+        ValueError: On an invalid grid, unknown lens name or colour mode.
+
+    Examples:
+        >>> fig = lens_grid_figure(cmp.grid, color="kl")  # doctest: +SKIP
+        >>> fig.savefig("grid.png")  # doctest: +SKIP
+    """
+    import numpy as np
+
+    from .figures import heatmap, new_figure
+
+    if color not in ("prob", "rank", "kl", "entropy"):
+        raise ValueError(
+            f"color={color!r} is not a static colour mode; allowed: ['prob', 'rank', 'kl', "
+            "'entropy'] ('pinned' needs the interactive view)"
+        )
+    g = validate_grid(grid)
+    lenses = g["lenses"]
+    if lens is not None:
+        names = [x["name"] for x in lenses]
+        if lens not in names:
+            raise ValueError(f"lens={lens!r} is not in the grid; available: {names}")
+        lenses = [x for x in lenses if x["name"] == lens]
+    R, P = len(g["rows"]), len(g["tokens"])
+    mats = []
+    for x in lenses:
+        m = np.full((R, P), np.nan)
+        for r in range(R):
+            for p in range(P):
+                v = cell_metric(x, color, r, p)
+                if v is not None:
+                    m[r, p] = v
+        mats.append(m)
+    vmin, vmax = _scale([v for m in mats for v in m.ravel().tolist() if v == v], color)
+    style = _MODE_STYLE[color]
+    n = len(lenses)
+    cell_w, cell_h = 0.62, 0.34
+    fig = new_figure(figsize=(max(3.0, 1.0 + cell_w * P) * n + 1.2, 1.6 + cell_h * R))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    tops = [visible_token(t, max_len=_CELL_CHARS - 1) + ("*" if c else "")
+            for t, c in zip(g["next_tokens"], g["next_correct"])]
+    bottoms = [visible_token(t, max_len=_CELL_CHARS) for t in g["tokens"]]
+    im = None
+    for ax, x, m in zip(axes, lenses, mats):
+        annot = [[visible_token(x["top_tokens"][r][p][0], max_len=_CELL_CHARS)
+                  if x["available"][r][p] and x["top_tokens"][r][p] else ""
+                  for p in range(P)] for r in range(R)]
+        title = x["name"] + (" (free-running)" if x.get("cont_tokens") is not None
+                             or "free" in str(x.get("note", "")).lower() else "")
+        im = heatmap(ax, m, row_labels=g["rows"], col_labels=bottoms, top_labels=tops,
+                     annot=annot, cmap=style["mpl"], vmin=vmin, vmax=vmax, title=title,
+                     origin="lower")
+        unavailable = ~np.array(x["available"], dtype=bool)
+        for r, p in zip(*np.nonzero(unavailable)):
+            ax.add_patch(_hatch_rect(p, r))
+    cbar = fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02)
+    cbar.set_label(style["label"], fontsize=8)
+    if color == "rank":
+        ticks = [t for t in range(0, int(math.floor(vmax)) + 1)]
+        cbar.set_ticks(ticks)
+        cbar.set_ticklabels([f"{10 ** t:g}" for t in ticks])
+    if g["title"]:
+        fig.suptitle(g["title"])
+    return fig
+
+
+def _hatch_rect(p: int, r: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((p - 0.5, r - 0.5), 1, 1, facecolor="#f3f4f6", edgecolor="#c0c4ca",
+                     hatch="///", linewidth=0)
+
+
+# --------------------------------------------------------------------------- synthetic example
+
+
+def demo_grid(*, n_layers: int = 4, n_pos: int = 6, k: int = 5, seed: int = 0) -> dict[str, Any]:
+    """A synthetic, contract-conforming grid (logit, tuned, future lens) for docs and tests.
+
+    Distributions over a 32-word vocabulary sharpen with depth toward the true next token;
+    the "future" lens covers only the block outputs (not ``embed``) and carries a free-running
+    continuation. No model is involved.
+
+    Args:
+        n_layers: Number of blocks (rows are ``embed, 0, ..., n_layers-1``).
+        n_pos: Number of positions.
+        k: Top-k size.
+        seed: Seed of the random generator.
+
+    Returns:
+        A grid dict accepted by :func:`lens_grid_html`.
+
+    Examples:
+        >>> g = demo_grid(n_layers=2, n_pos=3)
+        >>> (len(g["rows"]), len(g["tokens"]), [x["name"] for x in g["lenses"]])
+        (3, 3, ['logit', 'tuned', 'future (N=1)'])
+    """
+    import numpy as np
+
+    if n_layers < 1 or n_pos < 2 or not 1 <= k <= 32:
+        raise ValueError(f"need n_layers >= 1, n_pos >= 2, 1 <= k <= 32; got {n_layers}, "
+                         f"{n_pos}, {k}")
+    vocab = (" the| cat| sat| on| mat|.|\n| a| dog| ran| to| park| and| then| slept| in| sun|"
+             " Marty| Mc|Fly| from| Back| Future| time| machine|,| he| said| very| long_token_"
+             "name| is| was").split("|")
+    V = len(vocab)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, V, size=n_pos + 1)
+    R, P = n_layers + 1, n_pos
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    base = rng.normal(size=(R, P, V))
+    target = np.zeros((P, V))
+    target[np.arange(P), ids[1:]] = 1.0
+    final = None
+    lenses = []
+    for li, (name, gain, shift) in enumerate([("logit", 1.0, 0.0), ("tuned", 1.6, 0.8),
+                                               ("future (N=1)", 1.2, 0.3)]):
+        depth = (np.arange(R) / max(R - 1, 1))[:, None, None]
+        logits = base * (1.5 - 0.5 * depth) + target[None] * (gain * 4.5 * depth**1.5 + shift)
+        logits += rng.normal(scale=0.3, size=logits.shape)
+        probs = softmax(logits)
+        if li == 0:
+            final = probs[-1]
+        order = np.argsort(-probs, axis=-1)
+        top = order[..., :k]
+        available = np.ones((R, P), dtype=bool)
+        if name.startswith("future"):
+            available[0] = False
+        p_next = probs[:, np.arange(P), ids[1:]]
+        rank = (probs > p_next[..., None]).sum(-1) + 1
+        ent = -(probs * np.log(probs)).sum(-1)
+        kl = (final[None] * (np.log(final[None]) - np.log(probs))).sum(-1)
+        tracked = sorted(set(top.ravel().tolist()))
+        lens = {
+            "name": name, "token_fed": name != "future (N=1)",
+            "note": "free-running continuation" if name.startswith("future") else "",
+            "available": available.tolist(),
+            "top_ids": top.tolist(),
+            "top_tokens": [[[vocab[i] for i in top[r, p]] for p in range(P)] for r in range(R)],
+            "top_probs": np.take_along_axis(probs, top, -1).tolist(),
+            "p_next": [[None if p == P - 1 else float(p_next[r, p]) for p in range(P)]
+                       for r in range(R)],
+            "rank_next": [[None if p == P - 1 else int(rank[r, p]) for p in range(P)]
+                          for r in range(R)],
+            "entropy": ent.tolist(), "kl": kl.tolist(),
+            "tracked": {"ids": tracked, "tokens": [vocab[i] for i in tracked],
+                        "probs": probs[..., tracked].tolist()},
+        }
+        if name.startswith("future"):
+            cont = rng.integers(0, V, size=(R, P, 2))
+            lens["cont_tokens"] = [[[vocab[i] for i in cont[r, p]] for p in range(P)]
+                                   for r in range(R)]
+            lens["cont_probs"] = rng.uniform(0.05, 0.9, size=(R, P, 2)).round(4).tolist()
+        lenses.append(lens)
+    for lens in lenses:  # unavailable cells carry no data
+        for r in range(R):
+            for p in range(P):
+                if not lens["available"][r][p]:
+                    for key in ("top_ids", "top_tokens", "top_probs"):
+                        lens[key][r][p] = []
+                    for key in ("p_next", "rank_next", "entropy", "kl"):
+                        lens[key][r][p] = None
+    assert final is not None
+    next_tokens = [vocab[i] for i in ids[1:]]
+    next_tokens[-1] = None  # no true next token after the prompt's last position
+    correct = [bool(final[p].argmax() == ids[p + 1]) for p in range(P)]
+    correct[-1] = False
+    return {
+        "title": "demo: logit | tuned | future lens",
+        "prompt": "".join(vocab[i] for i in ids[:P]),
+        "tokens": [vocab[i] for i in ids[:P]],
+        "next_tokens": next_tokens,
+        "next_correct": correct,
+        "rows": ["embed"] + [str(i) for i in range(n_layers)],
+        "row_layers": list(range(-1, n_layers)),
+        "k": k,
+        "lenses": lenses,
+    }
