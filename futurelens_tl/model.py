@@ -255,7 +255,7 @@ class ModelView:
         }
 
     # ------------------------------------------------------------------ layers and hooks
-    def layer_index(self, layer: LayerLike, *, arg: str = "layer") -> int:
+    def layer_index(self, layer: Any, *, arg: str = "layer") -> int:
         """Validate a layer (``-1``/``"embed"`` .. ``n_layers-1``) and return it as an int.
 
         Raises:
@@ -281,7 +281,7 @@ class ModelView:
             )
         return layer
 
-    def layer_indices(self, layers: Iterable[LayerLike] | LayerLike | None) -> list[int]:
+    def layer_indices(self, layers: Any) -> list[int]:
         """Validate several layers; ``None`` means all of ``-1 .. n_layers-1``."""
         if layers is None:
             return list(range(-1, self.n_layers))
@@ -603,7 +603,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_model(
     name_or_path: str | os.PathLike[str],
-    backend: Literal["auto", "bridge", "hooked"] = "auto",
+    backend: str = "auto",
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     *,
