@@ -159,7 +159,9 @@ class BigramCounts:
         count = np.asarray(count, dtype=np.int64)
         if prefix.size and (min(prefix.min(), suffix.min()) < 0
                             or max(prefix.max(), suffix.max()) >= vocab_size):
-            raise ValueError(f"bigram token ids must lie in 0..{vocab_size - 1}")
+            raise ValueError(
+                f"bigram token ids must lie in 0..{vocab_size - 1} (vocab_size={vocab_size})"
+            )
         if (count < 0).any():
             raise ValueError("bigram counts must be non-negative")
         key = suffix * vocab_size + prefix
@@ -187,9 +189,8 @@ class BigramCounts:
 
     def suffix_totals(self) -> np.ndarray:
         """Number of occurrences of each token as a suffix, ``sum_u c(u, s)``."""
-        return np.add.reduceat(
-            np.concatenate([self.count, [0]]), np.minimum(self.indptr[:-1], self.nnz)
-        ) * (np.diff(self.indptr) > 0)
+        rows = np.repeat(np.arange(self.vocab_size), np.diff(self.indptr))
+        return np.bincount(rows, weights=self.count, minlength=self.vocab_size).astype(np.int64)
 
     def dense_rows(self, start: int, stop: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """Counts for suffixes ``start..stop-1`` as a dense ``[stop-start, |V|]`` tensor."""
