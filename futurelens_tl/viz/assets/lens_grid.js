@@ -239,7 +239,12 @@
           var tr = el("tr", { "class": toks[i] === nxt ? "fl-target" : null });
           tr.appendChild(el("td", { "class": "fl-num" }, String(i + 1)));
           var tdTok = el("td", { "class": "fl-tok", "data-role": "pin-token", "data-token-id": ids[i], title: "click to pin " + JSON.stringify(toks[i]) }, vis(toks[i], 18));
-          if (st.pins.indexOf(ids[i]) >= 0) tdTok.textContent = "\ud83d\udccc " + tdTok.textContent;
+          var pi = st.pins.indexOf(ids[i]);
+          if (pi >= 0) {
+            var mark = el("span", { "class": "fl-swatch", title: "pinned" });
+            mark.style.background = PIN_COLORS[pi % PIN_COLORS.length]; mark.style.height = "8px"; mark.style.width = "8px"; mark.style.marginRight = "4px";
+            tdTok.insertBefore(mark, tdTok.firstChild);
+          }
           tr.appendChild(tdTok);
           var barTd = el("td"), bar = el("span", { "class": "fl-bar" });
           bar.style.width = Math.max(1, Math.round(60 * (probs[i] || 0))) + "px";
@@ -370,7 +375,7 @@
       L.forEach(function (lens, li) {
         ly += 14;
         svg.appendChild(sv("line", { x1: lx, x2: lx + 18, y1: ly - 3, y2: ly - 3, stroke: "#424a53", "stroke-width": 1.8, "stroke-dasharray": DASHES[li % DASHES.length] }));
-        svg.appendChild(sv("text", { x: lx + 24, y: ly }, vis(lens.name, 18)));
+        svg.appendChild(sv("text", { x: lx + 24, y: ly }, lens.name.length > 22 ? lens.name.substr(0, 21) + "\u2026" : lens.name));
       });
       host.textContent = "";
       host.appendChild(svg);

@@ -1,0 +1,234 @@
+"""Headless-Chromium test of the standalone lens grid (issue 7 browser test).
+
+Opens the standalone HTML written by ``lens_grid_html(..., standalone=True)`` in headless
+Chromium via Selenium and checks: the number of cells, hover shows the top-k table, clicking
+pins a token and draws a trajectory for every lens, switching the colour mode recolours the
+cells, the diff panel appears, and the page made no network request. Saves a screenshot to
+``test-artifacts/lens_grid.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from futurelens_tl.viz.lens_grid import demo_grid, lens_grid_html
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _need_browser():
+    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    del selenium
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
+    if not Path(CHROMEDRIVER).exists():
+        pytest.skip("chromedriver is not installed (apt-get install chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def driver():
+    _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="fl-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--disable-default-apps", "--disable-extensions",
+                 "--window-size=1500,1100", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    try:
+        drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    except Exception as e:  # pragma: no cover - environment dependent
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.skip(f"cannot start headless chromium: {type(e).__name__}: {e}")
+    yield drv
+    drv.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def _requests(drv) -> list[tuple[str, str]]:
+    """(document URL, request URL) of every request the browser logged since the last call."""
+    out = []
+    for entry in drv.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        if msg.get("method") == "Network.requestWillBeSent":
+            params = msg["params"]
+            out.append((params.get("documentURL", ""), params["request"]["url"]))
+    return out
+
+
+def _colors(drv) -> list[str]:
+    return drv.execute_script(
+        "return Array.from(document.querySelectorAll('[data-role=cell]:not(.fl-na)'))"
+        ".map(e => getComputedStyle(e).backgroundColor);"
+    )
+
+
+def test_lens_grid_in_headless_chromium(driver, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    grid = demo_grid(n_layers=4, n_pos=6, k=5, seed=1)
+    n_lenses, R, P = len(grid["lenses"]), len(grid["rows"]), len(grid["tokens"])
+    assert (n_lenses, R, P) == (3, 5, 6)
+    path = tmp_path / "lens_grid.html"
+    path.write_text(lens_grid_html(grid, standalone=True), encoding="utf-8")
+    url = path.as_uri()
+
+    driver.get("about:blank")  # leave chromium's own start page, then drop its log
+    time.sleep(0.3)
+    driver.get_log("performance")
+    driver.get(url)
+    WebDriverWait(driver, 10).until(
+        lambda d: d.execute_script(
+            "return !!document.querySelector('[data-fl=lens-grid][data-fl-ready]')"))
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"JavaScript errors: {errors}"
+
+    # 1. one cell per lens x row x position, each lens panel with R x P cells
+    cells = driver.find_elements(By.CSS_SELECTOR, "[data-role=cell]")
+    assert len(cells) == n_lenses * R * P
+    for lens in grid["lenses"]:
+        sel = f'[data-role=cell][data-lens="{lens["name"]}"]'
+        assert len(driver.find_elements(By.CSS_SELECTOR, sel)) == R * P
+    # input at the bottom: the first body row of each panel is the last layer
+    first_rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.fl-gt tbody tr:first-child'))"
+        ".map(tr => tr.getAttribute('data-row'));")
+    assert set(first_rows) == {str(R - 1)}
+    # the future lens marks itself free-running and has no embed row
+    assert "free-running" in driver.find_element(
+        By.CSS_SELECTOR, '[data-role=panel][data-lens="future (N=1)"]').text
+
+    # 2. hover shows the top-k table of that lens/cell
+    tip = driver.find_element(By.CSS_SELECTOR, "[data-role=tooltip]")
+    assert not tip.is_displayed()
+    r, p = 3, 2
+    lens = grid["lenses"][1]
+    cell = driver.find_element(
+        By.CSS_SELECTOR, f'[data-role=cell][data-lens="{lens["name"]}"][data-row="{r}"]'
+                         f'[data-pos="{p}"]')
+    ActionChains(driver).move_to_element(cell).perform()
+    WebDriverWait(driver, 5).until(lambda d: tip.is_displayed())
+    rows = tip.find_elements(By.CSS_SELECTOR, "[data-role=topk] tr")
+    assert len(rows) == grid["k"]
+    shown = [e.get_attribute("data-token-id") for e in
+             tip.find_elements(By.CSS_SELECTOR, "[data-role=pin-token]")]
+    assert shown == [str(i) for i in lens["top_ids"][r][p]]
+    assert lens["name"] in tip.text and "entropy" in tip.text and "KL" in tip.text
+    assert "rank(next)" in tip.text and str(lens["rank_next"][r][p]) in tip.text
+    # a future-lens cell shows its free-running continuation
+    fut = grid["lenses"][2]
+    fcell = driver.find_element(
+        By.CSS_SELECTOR, f'[data-role=cell][data-lens="{fut["name"]}"][data-row="2"]'
+                         '[data-pos="1"]')
+    ActionChains(driver).move_to_element(fcell).perform()
+    cont = WebDriverWait(driver, 5).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "[data-role=tooltip] [data-role=continuation]"))
+    assert fut["cont_tokens"][2][1][0].strip() in cont.text
+
+    # 3. colour mode switch recolours the cells (prob -> entropy)
+    before = _colors(driver)
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value(
+        "entropy")
+    after = _colors(driver)
+    assert len(before) == len(after) and before != after
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value("prob")
+    assert _colors(driver) == before
+
+    # 4. click a cell: pins its top-1, trajectory path for every lens
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
+    ActionChains(driver).move_to_element(cell).click().perform()
+    paths = WebDriverWait(driver, 5).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]"))
+    top1 = str(lens["top_ids"][r][p][0])
+    assert sorted(e.get_attribute("data-lens") for e in paths) == sorted(
+        x["name"] for x in grid["lenses"])
+    assert {e.get_attribute("data-token-id") for e in paths} == {top1}
+    # the logit-lens path has one vertex per row, at the tracked probabilities
+    d_attr = next(e for e in paths if e.get_attribute("data-lens") == "logit").get_attribute("d")
+    assert d_attr.count("M") + d_attr.count("L") == R
+    # the future lens has no embed row: one vertex fewer
+    d_fut = next(e for e in paths if e.get_attribute("data-lens") == fut["name"]).get_attribute("d")
+    assert d_fut.count("M") + d_fut.count("L") == R - 1
+    # pin a second token from the (now frozen) hover table: two paths per lens
+    second = tip.find_elements(By.CSS_SELECTOR, "[data-role=pin-token]")[1]
+    second_id = second.get_attribute("data-token-id")
+    second.click()
+    paths = driver.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
+    assert len(paths) == 2 * n_lenses
+    assert {e.get_attribute("data-token-id") for e in paths} == {top1, second_id}
+    assert len(driver.find_elements(By.CSS_SELECTOR, "[data-role=pin-chip]")) == 2
+    # "pinned" colour mode colours by the active (last) pin
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value(
+        "pinned")
+    pinned_colors = _colors(driver)
+    assert pinned_colors != before
+
+    # 5. diff mode: lens A - lens B panel with R x P diff cells
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value("prob")
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=diff-a]")).select_by_value("0")
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=diff-b]")).select_by_value("1")
+    diff_cells = driver.find_elements(By.CSS_SELECTOR, "[data-role=diff-cell]")
+    assert len(diff_cells) == R * P
+    a, b = grid["lenses"][0]["top_probs"][r][p][0], grid["lenses"][1]["top_probs"][r][p][0]
+    dcell = driver.find_element(By.CSS_SELECTOR, f'[data-role=diff-cell][data-row="{r}"]'
+                                                 f'[data-pos="{p}"]')
+    shown_diff = float(dcell.text.replace("\u2212", "-"))
+    assert abs(shown_diff - (a - b)) < 0.006
+
+    # re-select the cell so the screenshot shows the tooltip and trajectories
+    driver.execute_script("window.scrollTo(0, 0)")
+    ActionChains(driver).move_to_element(cell).perform()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "lens_grid.png"
+    driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+
+    # 6. no network request at all: only the file:// page itself (and data: URLs)
+    requests = _requests(driver)
+    assert any(u == url for _, u in requests), "performance log did not record the page load"
+    ours = [u for doc, u in requests if doc == url or u == url]
+    bad = [u for u in ours if not (u.startswith("data:") or u == url)]
+    assert not bad, f"the page made network requests: {bad}"
+    remote = [u for _, u in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+    assert not remote, f"network requests made while the page was open: {remote}"
+    assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+
+def test_two_grids_on_one_page_are_independent(driver, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from futurelens_tl.viz.html import page
+
+    g1 = demo_grid(n_layers=2, n_pos=3, k=3, seed=2)
+    g2 = demo_grid(n_layers=3, n_pos=4, k=3, seed=3)
+    doc = page("two grids", lens_grid_html(g1) + lens_grid_html(g2))
+    path = tmp_path / "two.html"
+    path.write_text(doc, encoding="utf-8")
+    driver.get(path.as_uri())
+    roots = driver.find_elements(By.CSS_SELECTOR, "[data-fl=lens-grid]")
+    assert len(roots) == 2
+    assert all(r.get_attribute("data-fl-ready") == "1" for r in roots)
+    assert len(roots[0].find_elements(By.CSS_SELECTOR, "[data-role=cell]")) == 3 * 3 * 3
+    assert len(roots[1].find_elements(By.CSS_SELECTOR, "[data-role=cell]")) == 3 * 4 * 4
+    # clicking a cell of the second grid pins only there
+    roots[1].find_element(By.CSS_SELECTOR, "[data-role=cell]").click()
+    assert len(roots[1].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")) >= 1
+    assert not roots[0].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
