@@ -703,10 +703,13 @@ class FutureLens(Lens):
             >>> lens.training_summary["method"]
             'linear_hidden'
         """
+        fixed = overrides.pop("fixed_prompt", None)
+        if fixed is not None and not isinstance(fixed, Tensor):
+            overrides["fixed_prompt"], fixed = fixed, None
         cfg = (config or FutureLensConfig()).replace(**overrides).validate()
         view = as_view(model)
         view.freeze()
-        lens = cls(model, method, layers, n_ahead, config=cfg)
+        lens = cls(model, method, layers, n_ahead, config=cfg, fixed_prompt=fixed)
         n_needed = max(lens.n_aheads + (cfg.train_n if method == "learned_prompt" else ()))
         if method == "fixed_prompt":
             lens.basis, lens.fingerprint = view.basis, view.fingerprint
@@ -1063,7 +1066,8 @@ class FutureLens(Lens):
         header = {
             "format_version": FORMAT_VERSION, "kind": "future_lens", "method": self.method,
             "layers": self.layers, "n_aheads": list(self.n_aheads), "basis": self.basis,
-            "fingerprint": self.fingerprint, "config": asdict(self.config),
+            "fingerprint": self.fingerprint,
+            "config": json.loads(json.dumps(asdict(self.config), default=str)),
             "prompt_text": self.prompt_text, "prompt_key": self.prompt_key,
             "target_layer": self.target_layer, "name": self.name,
             "training": json.loads(json.dumps(self.training_summary, default=str)),
@@ -1255,13 +1259,22 @@ def _bigram_rows(view: ModelView, data: FutureLensData, idx: Tensor,
                  ks: tuple[int, ...]) -> list[dict[str, Any]]:
     if data.bigram_tokens is None:
         return []
-    table = bigram_table(data.bigram_tokens, max(ks))
-    prev, y = data.labels[idx, 0].tolist(), data.labels[idx, 1].tolist()
-    ranks = []
-    for p, t in zip(prev, y):
-        succ = table.get(p, [])
-        ranks.append(succ.index(t) + 1 if t in succ else 10**9)
-    r = torch.tensor(ranks)
+    kmax = max(ks)
+    prev, y = data.labels[idx, 0], data.labels[idx, 1]
+    try:  # the shared n-gram model (metrics.py); unseen contexts fall back to the unigram
+        from futurelens_tl.metrics import NgramBaseline
+
+        bg = NgramBaseline(2, vocab_size=view.d_vocab).fit(data.bigram_tokens)
+        top = bg.topk(prev, kmax)[0]
+        hit = top == y[:, None]
+        r = torch.where(hit.any(-1), hit.float().argmax(-1) + 1, torch.tensor(10**9))
+    except ImportError:  # pragma: no cover - metrics.py missing
+        table = bigram_table(data.bigram_tokens, kmax)
+        ranks = []
+        for p, t in zip(prev.tolist(), y.tolist()):
+            succ = table.get(p, [])
+            ranks.append(succ.index(t) + 1 if t in succ else 10**9)
+        r = torch.tensor(ranks)
     base = dict(lens="bigram", method="bigram", layer=None, n_ahead=1, mode="baseline",
                 token_fed=True, label_source=data.label_source, bucket=None, n=len(idx))
     return [{**base, "metric": "precision", "k": k, "value": float((r <= k).float().mean())}
