@@ -27,8 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def _need_browser():
-    selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
-    del selenium
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
     if not Path(CHROMEDRIVER).exists():
@@ -232,3 +231,40 @@ def test_two_grids_on_one_page_are_independent(driver, tmp_path):
     roots[1].find_element(By.CSS_SELECTOR, "[data-role=cell]").click()
     assert len(roots[1].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")) >= 1
     assert not roots[0].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
+
+
+def test_report_with_circuitsvis_renders_offline(driver, tmp_path):
+    pytest.importorskip("circuitsvis")
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from futurelens_tl.viz.circuits import attention_heads_html
+    from futurelens_tl.viz.report import write_report
+
+    a = np.tril(np.random.default_rng(0).random((3, 8, 8)))
+    a /= a.sum(-1, keepdims=True)
+    path = write_report(tmp_path / "report.html", "report", [
+        ("Lens grid", lens_grid_html(demo_grid(n_layers=2, n_pos=4, k=3))),
+        ("Attention", attention_heads_html(a, [f"t{i}" for i in range(8)])),
+    ])
+    url = path.as_uri()
+    driver.get("about:blank")
+    time.sleep(0.3)
+    driver.get_log("performance")
+    driver.get(url)
+    WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+        "return !!document.querySelector('[data-fl=lens-grid][data-fl-ready]')"))
+    # the grid's inline script runs under the page's Content-Security-Policy
+    assert len(driver.find_elements(By.CSS_SELECTOR, "[data-role=cell]")) == 3 * 3 * 4
+    frame = driver.find_element(By.CSS_SELECTOR, "iframe[data-role=circuitsvis]")
+    driver.switch_to.frame(frame)
+    try:
+        WebDriverWait(driver, 10).until(
+            lambda d: "H2" in d.find_element(By.TAG_NAME, "body").text)
+    finally:
+        driver.switch_to.default_content()
+    requests = _requests(driver)
+    remote = [u for _, u in requests if not (u.startswith("data:") or u.startswith("file:")
+                                             or u.startswith("about:"))]
+    assert not remote, f"network requests made: {remote}"

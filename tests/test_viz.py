@@ -143,7 +143,8 @@ def test_asset_unknown_name():
     (lambda g: g.__setitem__("k", 0), "'k'"),
     (lambda g: g.__setitem__("lenses", []), "lenses"),
     (lambda g: g["lenses"][0].pop("kl"), r"\[0\] is missing required key 'kl'"),
-    (lambda g: g["lenses"][1]["entropy"].pop(), r"grid\['lenses'\]\[1\]\['entropy'\] must be of length 4"),
+    (lambda g: g["lenses"][1]["entropy"].pop(),
+     r"grid\['lenses'\]\[1\]\['entropy'\] must be of length 4"),
     (lambda g: g["lenses"][0]["top_probs"][1].pop(), "top_probs"),
     (lambda g: g["lenses"][0]["top_ids"][1][2].extend([1, 2, 3, 4, 5]), "at most k=4"),
     (lambda g: g["lenses"][1].__setitem__("name", "logit"), "not unique"),
@@ -259,8 +260,8 @@ def test_prerendered_colours_follow_shared_scale(grid):
     lo, hi = min(flat), max(flat)
 
     def bg(r, p):
-        m = re.search(rf'data-li="1" data-row="{r}" data-pos="{p}" style="background:(#[0-9a-f]{{6}})',
-                      h)
+        m = re.search(rf'data-li="1" data-row="{r}" data-pos="{p}" '
+                      r'style="background:(#[0-9a-f]{6})', h)
         return m.group(1)
 
     from futurelens_tl.viz.lens_grid import CMAPS, _cmap_color
@@ -336,3 +337,78 @@ def test_viz_is_a_leaf_package():
         src = path.read_text(encoding="utf-8")
         assert not re.search(r"^\s*(from|import)\s+futurelens_tl(?!\.viz)", src, re.M), path
         assert not re.search(r"^\s*from\s+\.\.", src, re.M), path
+
+
+# ----------------------------------------------------------------------------- report page
+
+
+def test_report_html_toc_anchors_and_offline(grid, tmp_path):
+    from futurelens_tl.viz.report import Section, report_html, write_report
+
+    secs = [("Lens grid", lens_grid_html(grid)), Section("Grid", "<p>a</p>", level=3),
+            ("Lens grid", "<p>again</p>"), Section("Heads <&>", "<p>h</p>", note="n")]
+    doc = report_html("Report", secs, subtitle="sub", meta={"model": "toy"})
+    H.assert_offline(doc)
+    assert re.findall(r'<a href="#([^"]+)">', doc) == ["lens-grid", "grid", "lens-grid-2",
+                                                        "heads"]
+    assert re.findall(r'<section id="([^"]+)">', doc) == ["lens-grid", "grid", "lens-grid-2",
+                                                           "heads"]
+    assert "<h3>Grid</h3>" in doc and "Heads &lt;&amp;&gt;" in doc
+    assert doc.count("<ol>") == 2  # nested TOC for the level-3 section
+    with pytest.raises(ValueError, match="empty"):
+        report_html("R", [])
+    with pytest.raises(TypeError, match=r"sections\[0\]"):
+        report_html("R", ["just a string"])
+    with pytest.raises(H.OfflineError):
+        report_html("R", [("x", '<script src="https://cdn/x.js"></script>')])
+    p = write_report(tmp_path / "r.html", "Report", secs)
+    assert p.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+# ----------------------------------------------------------------------------- circuitsvis
+
+
+def test_downsample_attention_pool_preserves_rows():
+    from futurelens_tl.viz.circuits import downsample_attention
+
+    rng = np.random.default_rng(0)
+    a = np.tril(rng.random((3, 10, 10)))
+    a /= a.sum(-1, keepdims=True)
+    small, toks, names, note = downsample_attention(a, [f"t{i}" for i in range(10)],
+                                                    max_tokens=4, max_heads=2, digits=6)
+    assert small.shape == (2, 4, 4) and names == ["H0", "H1"]
+    assert toks == ["t0…(+2)", "t3…(+2)", "t6…(+2)", "t9"]
+    assert np.allclose(small.sum(-1), 1.0, atol=1e-5)
+    # known answer: block (1, 0) = mean over dest 3..5 of the summed src 0..2
+    want = a[0, 3:6, 0:3].sum(-1).mean()
+    assert abs(small[0, 1, 0] - want) < 1e-5
+    assert "pooled" in note and "first 2 of 3 heads" in note
+    w, wt, _, wn = downsample_attention(a, [f"t{i}" for i in range(10)], max_tokens=4,
+                                        mode="window", digits=6)
+    assert np.allclose(w, a[:, 6:, 6:], atol=1e-6) and wt == ["t6", "t7", "t8", "t9"]
+    assert "last 4 of 10" in wn
+    with pytest.raises(ValueError, match="tokens has 3"):
+        downsample_attention(a, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="mode"):
+        downsample_attention(a, [str(i) for i in range(10)], mode="bogus")
+
+
+def test_circuitsvis_embedding_is_offline():
+    pytest.importorskip("circuitsvis")
+    import circuitsvis.attention as cva
+
+    from futurelens_tl.viz.circuits import attention_heads_html, circuitsvis_html
+
+    a = np.tril(np.ones((2, 80, 80)))
+    a /= a.sum(-1, keepdims=True)
+    out = attention_heads_html(a, [f"t{i}" for i in range(80)], max_tokens=20)
+    H.assert_offline(out)
+    assert "unpkg" not in out and 'sandbox="allow-scripts"' in out and "srcdoc=" in out
+    assert "pooled into 20 blocks" in out
+    obj = cva.attention_heads(attention=a[:, :5, :5], tokens=list("abcde"))
+    inline = circuitsvis_html(obj, iframe=False)
+    assert inline == obj.local_src
+    with pytest.raises(H.OfflineError):
+        H.assert_offline(obj.cdn_src)  # what str(obj) / online _repr_html_ would give
+    with pytest.raises(TypeError, match="local_src"):
+        circuitsvis_html(str(obj))

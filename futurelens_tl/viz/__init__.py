@@ -31,8 +31,10 @@ from .lens_grid import grid_from_html, lens_grid_figure, lens_grid_html, validat
 __all__ = [
     "OfflineError",
     "assert_offline",
-    "build_report",
+    "Section",
+    "attention_heads_html",
     "circuitsvis_html",
+    "downsample_attention",
     "dataframe_html",
     "escape",
     "figure_html",
@@ -42,15 +44,17 @@ __all__ = [
     "lens_grid_figure",
     "lens_grid_html",
     "page",
+    "report_html",
     "save_html",
     "unique_id",
     "validate_grid",
     "visible_token",
+    "write_report",
 ]
 
 
 def __getattr__(name: str):
-    if name in ("build_report", "write_report", "Section"):
+    if name in ("report_html", "write_report", "Section"):
         from . import report
 
         return getattr(report, name)
