@@ -373,6 +373,8 @@ def _has_patterns(view: ModelView) -> str | None:
                                            [name])
     except Exception as err:  # pragma: no cover - exotic models
         return f"{type(err).__name__}: {err}"
+    FORWARD_COUNTER.passes += 1
+    FORWARD_COUNTER.tokens += 2
     if name not in cache:
         return f"hook {name} produced no activation"
     return None
