@@ -24,7 +24,7 @@ import futurelens_tl as fl
 from futurelens_tl.attention.layer0 import (
     TERM_NAMES,
     BigramCounts,
-    _percentile_sorted,
+    _percentile_rows,
     _weighted_auroc_rows,
     count_bigrams,
     decompose_first_layer,
@@ -193,10 +193,11 @@ def test_sigma_stats_match_numpy():
     np.testing.assert_allclose(st["sigma_max"].numpy(), table.max(1), rtol=1e-5)
     np.testing.assert_allclose(st["sigma_bar"].numpy(), table.mean(0), rtol=1e-5)
     assert dec.sigma_table().dtype == torch.float16
-    x = torch.randn(5, 1001, dtype=torch.float64)
-    np.testing.assert_allclose(
-        _percentile_sorted(torch.sort(x, -1).values, 2.5).numpy(),
-        np.percentile(x.numpy(), 2.5, axis=1), rtol=1e-12)
+    for n in (1, 2, 7, 1001):
+        x = torch.randn(5, n, dtype=torch.float64)
+        for q in (0.0, 2.5, 50.0, 97.5, 100.0):
+            np.testing.assert_allclose(_percentile_rows(x, q).numpy(),
+                                       np.percentile(x.numpy(), q, axis=1), rtol=1e-12)
 
 
 def test_position_terms_band_matches_brute_force():

@@ -104,14 +104,25 @@ def _as_int_list(x: int | Sequence[int] | Tensor, arg: str, high: int) -> list[i
     return vals
 
 
-def _percentile_sorted(s: Tensor, q: float) -> Tensor:
-    """Percentile ``q`` (0-100) of each row of an ascending-sorted ``s``, numpy ``linear``."""
-    n = s.shape[-1]
+def _percentile_rows(x: Tensor, q: float) -> Tensor:
+    """Percentile ``q`` (0-100) of each row of ``x``, numpy ``linear``, via partial top-k.
+
+    Only the two order statistics around ``q (n - 1) / 100`` are needed, so a ``topk`` of
+    ``~ min(q, 100 - q) % `` of the row replaces a full sort (``torch.quantile`` refuses large
+    inputs; ref §6.3).
+    """
+    n = x.shape[-1]
     pos = q / 100.0 * (n - 1)
     lo = int(math.floor(pos))
     hi = min(lo + 1, n - 1)
     frac = pos - lo
-    return s[..., lo] + (s[..., hi] - s[..., lo]) * frac
+    if hi + 1 <= n - lo:  # lower tail: ascending top-k holds indices lo, hi
+        v = torch.topk(x, hi + 1, dim=-1, largest=False, sorted=True).values
+        s_lo, s_hi = v[..., lo], v[..., hi]
+    else:  # upper tail: descending top-k, ascending index m is descending n - 1 - m
+        v = torch.topk(x, n - lo, dim=-1, largest=True, sorted=True).values
+        s_lo, s_hi = v[..., n - 1 - lo], v[..., n - 1 - hi]
+    return s_lo + (s_hi - s_lo) * frac
 
 
 def _masked_softmax(x: Tensor, mask: Tensor) -> Tensor:
@@ -687,8 +698,13 @@ class Layer0Decomposition:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size={chunk_size} must be positive")
         out = torch.empty(self.n_ctx, self.d_vocab, dtype=dtype, device=self.W_E.device)
+        acc = None if "stats" in self._cache else self._new_stats()
         for a, sig in self._sigma_chunks(chunk_size, verbose):
             out[a:a + sig.shape[0]] = sig.to(dtype)
+            if acc is not None:  # the statistics come for free with the same pass
+                self._add_stats(acc, a, sig)
+        if acc is not None:
+            self._cache["stats"] = self._finish_stats(acc)
         return out
 
     def _sigma_chunks(self, chunk_size: int, verbose: bool) -> Iterable[tuple[int, Tensor]]:
@@ -716,39 +732,53 @@ class Layer0Decomposition:
             ``sigma_max``, ``sigma_min`` (over tokens, ``[n_ctx]`` each) and ``sigma_bar``
             (``[d_vocab]``, position-averaged token scale, float32 as computed).
         """
-        if "stats" in self._cache:
-            return self._cache["stats"]
-        n = self.n_ctx
+        if "stats" not in self._cache:
+            acc = self._new_stats()
+            for a, sig in self._sigma_chunks(chunk_size, verbose):
+                self._add_stats(acc, a, sig)
+            self._cache["stats"] = self._finish_stats(acc)
+        return self._cache["stats"]
+
+    def _new_stats(self) -> dict[str, Tensor]:
         work = torch.float64 if self.dtype == torch.float64 else torch.float32
-        st = {k: torch.empty(n, dtype=work) for k in
+        st = {k: torch.empty(self.n_ctx, dtype=work) for k in
               ("r_mean", "r_lo", "r_hi", "sigma_mean", "sigma_max", "sigma_min")}
-        sbar = torch.zeros(self.d_vocab, dtype=work)
-        for a, sig in self._sigma_chunks(chunk_size, verbose):
-            b = a + sig.shape[0]
-            sig = sig.cpu()
-            sbar += sig.sum(0)
-            st["sigma_mean"][a:b] = sig.mean(-1)
-            st["sigma_max"][a:b] = sig.amax(-1)
-            st["sigma_min"][a:b] = sig.amin(-1)
-            r = sig.reciprocal_()
-            st["r_mean"][a:b] = r.mean(-1)
-            rs = torch.sort(r, dim=-1).values
-            st["r_lo"][a:b] = _percentile_sorted(rs, 2.5)
-            st["r_hi"][a:b] = _percentile_sorted(rs, 97.5)
-        st["sigma_bar"] = sbar / n
-        self._cache["stats"] = st
+        st["sigma_bar"] = torch.zeros(self.d_vocab, dtype=work)
+        return st
+
+    @staticmethod
+    def _add_stats(st: dict[str, Tensor], a: int, sig: Tensor) -> None:
+        b = a + sig.shape[0]
+        sig = sig.cpu()
+        st["sigma_bar"] += sig.sum(0)
+        st["sigma_mean"][a:b] = sig.mean(-1)
+        st["sigma_max"][a:b] = sig.amax(-1)
+        st["sigma_min"][a:b] = sig.amin(-1)
+        r = sig.reciprocal()
+        st["r_mean"][a:b] = r.mean(-1)
+        st["r_lo"][a:b] = _percentile_rows(r, 2.5)
+        st["r_hi"][a:b] = _percentile_rows(r, 97.5)
+
+    def _finish_stats(self, st: dict[str, Tensor]) -> dict[str, Tensor]:
+        st["sigma_bar"] = st["sigma_bar"] / self.n_ctx
         return st
 
     # ------------------------------------------------------------------ positions (§6.1, §6.3)
+    def _pos_proj(self) -> tuple[Tensor, Tensor]:
+        """``W_pos W~Q_h`` and ``W_pos W~K_h``, ``[head, n_ctx, d_head]`` each (cached)."""
+        if "pos_proj" not in self._cache:
+            self._cache["pos_proj"] = (torch.einsum("nd,hdk->hnk", self.W_pos, self.W_Q),
+                                       torch.einsum("nd,hdk->hnk", self.W_pos, self.W_K))
+        return self._cache["pos_proj"]
+
     def _pos_coeffs(self, query_pos: int, sigma: str) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """``a_pp[h, j] = p_i W^QK p_j^T / sigma_bar_i`` and ``a_p[h, j] = b^QK p_j^T``, j <= i."""
         st = self.sigma_stats()
         i = query_pos
-        p = self.W_pos[: i + 1]
-        qi = torch.einsum("d,hdk->hk", self.W_pos[i], self.W_Q)
-        kp = torch.einsum("nd,hdk->hnk", p, self.W_K)
+        qp, kp = self._pos_proj()
+        kp = kp[:, : i + 1]
         sig_i = st[f"sigma_{sigma}"][i].to(self.dtype)
-        a_pp = torch.einsum("hk,hnk->hn", qi, kp) / sig_i
+        a_pp = torch.einsum("hk,hnk->hn", qp[:, i], kp) / sig_i
         a_p = torch.einsum("hk,hnk->hn", self.b_Q, kp)
         return a_pp.cpu(), a_p.cpu(), st
 
@@ -829,8 +859,7 @@ class Layer0Decomposition:
         """
         self._check_sigma(sigma)
         st = self.sigma_stats()
-        q = torch.einsum("nd,hdk->hnk", self.W_pos, self.W_Q)
-        k = torch.einsum("nd,hdk->hnk", self.W_pos, self.W_K)
+        q, k = self._pos_proj()
         sig_q = st[f"sigma_{sigma}"].to(self.dtype).to(q.device)
         r = st["r_mean"].to(self.dtype).to(q.device)
         pp = (q @ k.transpose(-1, -2)) / sig_q[None, :, None]
