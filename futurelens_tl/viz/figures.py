@@ -12,6 +12,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
 __all__ = [
     "COLORBLIND_CMAPS",
     "OKABE_ITO",
@@ -27,7 +31,7 @@ OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "
              "#000000"]
 
 
-def new_figure(figsize: tuple[float, float] = (6.0, 4.0), *, dpi: int = 100):
+def new_figure(figsize: tuple[float | int, float | int] = (6.0, 4.0), *, dpi: int = 100) -> Figure:
     """Create a pyplot-free figure with a constrained layout.
 
     Args:
@@ -42,8 +46,6 @@ def new_figure(figsize: tuple[float, float] = (6.0, 4.0), *, dpi: int = 100):
         >>> fig.get_size_inches().tolist()
         [3.0, 2.0]
     """
-    from matplotlib.figure import Figure
-
     w, h = figsize
     if not (w > 0 and h > 0):
         raise ValueError(f"figsize={figsize!r} must be two positive numbers")
@@ -64,14 +66,14 @@ def heatmap(
     top_labels: Sequence[str] | None = None,
     annot: Sequence[Sequence[str]] | None = None,
     cmap: str = "viridis",
-    vmin: float | None = None,
-    vmax: float | None = None,
+    vmin: float | int | None = None,
+    vmax: float | int | None = None,
     title: str | None = None,
     origin: str = "upper",
-    fontsize: float = 7.0,
+    fontsize: float | int = 7.0,
     colorbar: bool = False,
     colorbar_label: str | None = None,
-):
+) -> AxesImage:
     """Draw an annotated heatmap of a 2-D array on ``ax`` (NaN cells are left blank).
 
     Args:
@@ -167,7 +169,7 @@ def line_plot(
     title: str | None = None,
     logy: bool = False,
     styles: Mapping[str, Mapping[str, Any]] | None = None,
-):
+) -> Axes:
     """Plot several named series against ``x`` (``None`` values leave gaps).
 
     Args:

@@ -27,6 +27,7 @@ imports nothing else of ``futurelens_tl``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .html import (
@@ -402,7 +403,7 @@ def lens_grid_html(
     standalone: bool = False,
     height: int | None = None,
     top_down: bool = False,
-    pins: list[int] | None = None,
+    pins: Sequence[Any] | None = None,
 ) -> str:
     """Render the side-by-side lens grid as offline HTML (reference §A.4).
 
@@ -522,7 +523,8 @@ def grid_from_html(html_text: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- static figure
 
 
-def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None, color: str = "prob"):
+def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None,
+                     color: str = "prob") -> Any:
     """Static matplotlib export of the lens grid: one subplot per lens, one colour scale.
 
     Cell text is the top-1 token (whitespace visible, truncated); the bottom axis shows the
@@ -592,7 +594,7 @@ def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None, color: st
                      origin="lower")
         unavailable = ~np.array(x["available"], dtype=bool)
         for r, p in zip(*np.nonzero(unavailable)):
-            ax.add_patch(_hatch_rect(p, r))
+            ax.add_patch(_hatch_rect(int(p), int(r)))
     cbar = fig.colorbar(im, ax=list(axes), fraction=0.025, pad=0.02)
     cbar.set_label(style["label"], fontsize=8)
     if color == "rank":
@@ -604,7 +606,7 @@ def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None, color: st
     return fig
 
 
-def _hatch_rect(p: int, r: int):
+def _hatch_rect(p: int, r: int) -> Any:
     from matplotlib.patches import Rectangle
 
     return Rectangle((p - 0.5, r - 0.5), 1, 1, facecolor="#f3f4f6", edgecolor="#c0c4ca",
