@@ -25,6 +25,7 @@ from futurelens_tl.attention.layer0 import (
     TERM_NAMES,
     BigramCounts,
     _percentile_rows,
+    _weighted_auroc_csr,
     _weighted_auroc_rows,
     count_bigrams,
     decompose_first_layer,
@@ -374,6 +375,10 @@ def test_weighted_auroc_matches_sklearn():
     counts = torch.randint(0, 4, (rows, v), generator=g) * (torch.rand(rows, v, generator=g) < .3)
     counts[5] = 0  # unseen suffix
     got = _weighted_auroc_rows(scores, counts.double())
+    r_i, u_i = np.nonzero(counts.numpy())
+    bc = BigramCounts.from_pairs(u_i, r_i, counts.numpy()[r_i, u_i], v)
+    got_csr = _weighted_auroc_csr(scores, bc, 0)
+    assert torch.allclose(got, got_csr, atol=1e-12)
     for r in range(rows - 1):
         y = (counts[r] > 0).numpy()
         w = np.where(y, counts[r].numpy(), 1)

@@ -344,6 +344,50 @@ def _weighted_auroc_rows(
     return torch.where((n_tot == 0) & (p_tot > 0), torch.full_like(auc, float("nan")), auc)
 
 
+def _weighted_auroc_csr(
+    scores: Float[Tensor, "rows vocab"], bc: BigramCounts, start: int
+) -> Float[Tensor, " rows"]:
+    """Same as :func:`_weighted_auroc_rows` for suffix rows ``start..`` of ``bc``, sparse.
+
+    Sorts each score row once (values only), then places only the positive prefixes by binary
+    search, among all prefixes and among the positives themselves; negatives below/tied =
+    all - positives. Cost ``O(V log V)`` per row plus ``O(nnz log nnz)``.
+    """
+    rows, v = scores.shape
+    stop = start + rows
+    nr = np.diff(bc.indptr[start:stop + 1])
+    out = torch.zeros(rows, dtype=torch.float64)
+    if nr.sum() == 0:
+        return out
+    m = int(nr.max())
+    a = int(bc.indptr[start])
+    nnz = int(nr.sum())
+    row_id = np.repeat(np.arange(rows), nr)
+    col = np.arange(nnz) - (bc.indptr[start:stop][row_id] - a)
+    idx = torch.zeros(rows, m, dtype=torch.long)
+    w = torch.zeros(rows, m, dtype=torch.float64)
+    valid = torch.zeros(rows, m, dtype=torch.bool)
+    r_t, c_t = torch.from_numpy(row_id), torch.from_numpy(col)
+    idx[r_t, c_t] = torch.from_numpy(bc.prefix[a:a + nnz])
+    w[r_t, c_t] = torch.from_numpy(bc.count[a:a + nnz]).double()
+    valid[r_t, c_t] = True
+    scores = scores.contiguous()
+    pos = torch.gather(scores, 1, idx).masked_fill(~valid, float("inf"))
+    all_sorted = torch.sort(scores, dim=-1).values
+    all_lt = torch.searchsorted(all_sorted, pos, side="left")
+    all_le = torch.searchsorted(all_sorted, pos, side="right")
+    pos_sorted = torch.sort(pos, dim=-1).values
+    pos_lt = torch.searchsorted(pos_sorted, pos, side="left")
+    pos_le = torch.searchsorted(pos_sorted, pos, side="right")
+    neg_lt = (all_lt - pos_lt).double()
+    neg_eq = ((all_le - all_lt) - (pos_le - pos_lt)).double()
+    num = (w * (neg_lt + 0.5 * neg_eq)).sum(-1)
+    p_tot = w.sum(-1)
+    n_neg = torch.from_numpy(v - nr).double()
+    auc = torch.where(p_tot > 0, num / (p_tot * n_neg), torch.zeros_like(num))
+    return torch.where((n_neg == 0) & (p_tot > 0), torch.full_like(auc, float("nan")), auc)
+
+
 # ---------------------------------------------------------------------------------- results
 @dataclass
 class Layer0Contributions:
@@ -1047,7 +1091,7 @@ class Layer0Decomposition:
             bigram_counts: :class:`BigramCounts` (:func:`count_bigrams`), a dense or sparse
                 ``[|V|, |V|]`` tensor indexed ``[prefix, suffix]``, or ``{(prefix, suffix): c}``.
             heads: Heads to score (default all).
-            chunk_size: Suffix rows per chunk (memory ``~ 5 * chunk_size * |V|`` doubles).
+            chunk_size: Suffix rows per chunk (memory ``~ 3 * chunk_size * |V|`` floats).
             verbose: Progress bar.
 
         Returns:
@@ -1061,7 +1105,7 @@ class Layer0Decomposition:
             a, b = self._factors(hs[hi])
             stop = min(c + chunk_size, self.d_vocab)
             scores = (a[c:stop] @ b.T).cpu()
-            out[hi, c:stop] = _weighted_auroc_rows(scores, bc.dense_rows(c, stop))
+            out[hi, c:stop] = _weighted_auroc_csr(scores, bc, c)
         return out
 
     # ------------------------------------------------------------------ contributions (§7)
