@@ -78,6 +78,21 @@ def _colors(drv) -> list[str]:
     )
 
 
+def _prerendered_colors(html_text: str) -> dict[str, list[int] | None]:
+    """Cell key 'li/row/pos' -> the background the Python pre-render gave it (None: none)."""
+    import re
+
+    out = {}
+    for m in re.finditer(r'<td data-role="cell" data-lens="[^"]*" data-li="(\d+)" '
+                         r'data-row="(\d+)" data-pos="(\d+)"( style="background:#(\w{6})|)',
+                         html_text):
+        li, r, p, _, hx = m.groups()
+        if hx is None and 'class="fl-na"' in html_text[m.end(): m.end() + 20]:
+            continue
+        out[f"{li}/{r}/{p}"] = None if hx is None else [int(hx[i:i + 2], 16) for i in (0, 2, 4)]
+    return out
+
+
 def test_lens_grid_in_headless_chromium(driver, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -151,6 +166,33 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value("prob")
     assert _colors(driver) == before
 
+    # 3b. the page's JS colours every cell exactly as the Python pre-render does, per mode
+    for mode in ("prob", "rank", "kl", "entropy"):
+        expected = _prerendered_colors(lens_grid_html(grid, color=mode))
+        Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value(
+            mode)
+        got = driver.execute_script(
+            "return Array.from(document.querySelectorAll('[data-role=cell]:not(.fl-na)'))"
+            ".map(e => [e.dataset.li + '/' + e.dataset.row + '/' + e.dataset.pos,"
+            " getComputedStyle(e).backgroundColor]);")
+        assert len(got) == len(expected) > 0
+        for key, css in got:
+            want = expected[key]
+            rgb = [int(v) for v in css[css.index("(") + 1: css.index(")")].split(",")[:3]]
+            if want is None:  # undefined value (e.g. rank at the last position)
+                assert rgb == [0xEE, 0xF1, 0xF4], (mode, key, css)
+            else:
+                assert max(abs(a - b) for a, b in zip(rgb, want)) <= 1, (mode, key, css, want)
+    Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value("prob")
+
+    # 3c. the top-down toggle flips the rows of every panel
+    driver.find_element(By.CSS_SELECTOR, "[data-role=top-down]").click()
+    first_rows = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.fl-gt tbody tr:first-child'))"
+        ".map(tr => tr.getAttribute('data-row'));")
+    assert set(first_rows) == {"0"}
+    driver.find_element(By.CSS_SELECTOR, "[data-role=top-down]").click()
+
     # 4. click a cell: pins its top-1, trajectory path for every lens
     assert not driver.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
     ActionChains(driver).move_to_element(cell).click().perform()
@@ -174,6 +216,12 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     assert len(paths) == 2 * n_lenses
     assert {e.get_attribute("data-token-id") for e in paths} == {top1, second_id}
     assert len(driver.find_elements(By.CSS_SELECTOR, "[data-role=pin-chip]")) == 2
+    # log-scale toggle redraws the trajectories
+    d_lin = paths[0].get_attribute("d")
+    driver.find_element(By.CSS_SELECTOR, "[data-role=pin-log]").click()
+    d_log = driver.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")[0].get_attribute("d")
+    assert d_log != d_lin and d_log.count("L") == d_lin.count("L")
+    driver.find_element(By.CSS_SELECTOR, "[data-role=pin-log]").click()
     # "pinned" colour mode colours by the active (last) pin
     Select(driver.find_element(By.CSS_SELECTOR, "[data-role=color-mode]")).select_by_value(
         "pinned")

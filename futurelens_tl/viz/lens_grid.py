@@ -472,6 +472,7 @@ def lens_grid_html(
         "<b>Pinned tokens</b>"
         '<span data-role="pin-list"></span>'
         '<button type="button" data-role="clear-pins">clear</button>'
+        '<label><input type="checkbox" data-role="pin-log"> log scale</label>'
         '<span class="fl-note" data-role="pin-pos"></span></div>'
         '<div data-role="pin-chart"><span class="fl-note">Click a cell, or a token in the hover '
         "table, to pin it: its probability across rows is drawn here for every lens.</span>"

@@ -128,8 +128,7 @@
         var ms = V.modes[mode];
         stops = V.cmaps[ms.cmap];
         if (ms.reverse) stops = stops.map(function (s) { return [1 - s[0], s[1]]; }).reverse();
-        left = tickText(mode, lo); right = tickText(mode, hi);
-        if (ms.reverse) { var tmp = left; left = right; right = tmp; }
+        left = tickText(mode, lo); right = tickText(mode, hi);  // low value on the left
       }
       var grad = "linear-gradient(to right," + stops.map(function (s) { return s[1] + " " + (100 * s[0]).toFixed(0) + "%"; }).join(",") + ")";
       lg.appendChild(el("span", null, left));
@@ -148,7 +147,7 @@
           if (td.classList.contains("fl-na")) return;
           var v = metric(+td.getAttribute("data-li"), st.mode, +td.getAttribute("data-row"), +td.getAttribute("data-pos"));
           var c = colorFor(v, st.mode, sc[0], sc[1]);
-          td.style.background = c || "#ffffff";
+          td.style.background = c || "#eef1f4";
           td.style.color = c ? textColor(c) : "#8c959f";
         });
       }
@@ -334,14 +333,18 @@
       var svg = sv("svg", { "class": "fl-chart", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img" });
       svg.appendChild(sv("title", null, "probability of pinned tokens across rows at position " + p));
       function X(r) { return ml + (R === 1 ? pw / 2 : pw * r / (R - 1)); }
-      function Y(v) { return mt + ph * (1 - v); }
-      [0, 0.25, 0.5, 0.75, 1].forEach(function (v) {
-        svg.appendChild(sv("line", { x1: ml, x2: ml + pw, y1: Y(v), y2: Y(v), stroke: "#d0d7de", "stroke-width": v === 0 ? 1 : 0.6 }));
-        svg.appendChild(sv("text", { x: ml - 5, y: Y(v) + 3, "text-anchor": "end" }, v.toFixed(2)));
+      var logY = !!(root.querySelector('[data-role="pin-log"]') || {}).checked;
+      function Y(v) {
+        var t = logY ? (Math.log10(Math.max(v, 1e-4)) + 4) / 4 : v;
+        return mt + ph * (1 - t);
+      }
+      (logY ? [1e-4, 1e-3, 1e-2, 0.1, 1] : [0, 0.25, 0.5, 0.75, 1]).forEach(function (v, i) {
+        svg.appendChild(sv("line", { x1: ml, x2: ml + pw, y1: Y(v), y2: Y(v), stroke: "#d0d7de", "stroke-width": i === 0 ? 1 : 0.6 }));
+        svg.appendChild(sv("text", { x: ml - 5, y: Y(v) + 3, "text-anchor": "end" }, logY ? (v >= 0.01 ? String(v) : v.toExponential(0)) : v.toFixed(2)));
       });
       for (var r = 0; r < R; r++) svg.appendChild(sv("text", { x: X(r), y: mt + ph + 14, "text-anchor": "middle" }, G.rows[r]));
       svg.appendChild(sv("text", { x: ml + pw / 2, y: H - 4, "text-anchor": "middle" }, "layer (row)"));
-      svg.appendChild(sv("text", { x: 10, y: mt + ph / 2, "text-anchor": "middle", transform: "rotate(-90 10 " + (mt + ph / 2) + ")" }, "probability"));
+      svg.appendChild(sv("text", { x: 10, y: mt + ph / 2, "text-anchor": "middle", transform: "rotate(-90 10 " + (mt + ph / 2) + ")" }, logY ? "probability (log)" : "probability"));
       st.pins.forEach(function (id, pi) {
         var col = PIN_COLORS[pi % PIN_COLORS.length];
         L.forEach(function (lens, li) {
@@ -423,6 +426,8 @@
     });
     root.addEventListener("keydown", function (ev) { if (ev.key === "Escape" && st.frozen) { st.sel = null; hideTip(); drawChart(); } });
     document.addEventListener("keydown", function (ev) { if (ev.key === "Escape" && st.frozen && document.body.contains(root)) { st.sel = null; hideTip(); drawChart(); } });
+    var logBox = root.querySelector('[data-role="pin-log"]');
+    if (logBox) logBox.addEventListener("change", drawChart);
     root.querySelector('[data-role="color-mode"]').addEventListener("change", function (ev) { st.mode = ev.target.value; recolor(); });
     root.querySelector('[data-role="diff-a"]').addEventListener("change", recolor);
     root.querySelector('[data-role="diff-b"]').addEventListener("change", recolor);
