@@ -101,6 +101,8 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     grid = demo_grid(n_layers=4, n_pos=6, k=5, seed=1)
     n_lenses, R, P = len(grid["lenses"]), len(grid["rows"]), len(grid["tokens"])
     assert (n_lenses, R, P) == (3, 5, 6)
+    grid["tokens"][1] = grid["next_tokens"][0] = "\u00a0\tz\u200b"  # odd whitespace
+    grid["tokens"][2] = ""
     path = tmp_path / "lens_grid.html"
     path.write_text(lens_grid_html(grid, standalone=True), encoding="utf-8")
     url = path.as_uri()
@@ -234,6 +236,14 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     Select(driver.find_element(By.CSS_SELECTOR, "[data-role=diff-b]")).select_by_value("1")
     diff_cells = driver.find_elements(By.CSS_SELECTOR, "[data-role=diff-cell]")
     assert len(diff_cells) == R * P
+    # the JS-built axes show tokens exactly as the Python-rendered panels do
+    def axis(panel_sel, role):
+        return driver.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".map(e => e.textContent);", f"{panel_sel} th[data-role={role}]")
+    for role in ("input", "next"):
+        assert axis("[data-role=diff-panel]", role) == axis('[data-role=panel][data-li="0"]', role)
+    assert axis("[data-role=diff-panel]", "input")[1:3] == ["⍽⇥z\\u2…", "∅"]  # truncated
     a, b = grid["lenses"][0]["top_probs"][r][p][0], grid["lenses"][1]["top_probs"][r][p][0]
     dcell = driver.find_element(By.CSS_SELECTOR, f'[data-role=diff-cell][data-row="{r}"]'
                                                  f'[data-pos="{p}"]')

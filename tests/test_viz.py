@@ -84,6 +84,8 @@ def test_visible_token():
     assert H.visible_token(" a\tb\n\r\x01") == "␣a⇥b↵␍\\x01"
     assert H.visible_token("abcdefghijk", max_len=5) == "abcd…"
     assert H.visible_token(None) == ""
+    assert H.visible_token("") == "∅"
+    assert H.visible_token("a\u00a0b\u200b") == "a⍽b\\u200b"
 
 
 def test_unique_id_and_bad_prefix():

@@ -149,7 +149,7 @@ def heatmap(
                 v = arr[r, c]
                 color = _text_color(cm(norm(v))) if math.isfinite(v) else "#57606a"
                 ax.text(c, r, txt, ha="center", va="center", fontsize=fontsize, color=color,
-                        family="monospace", clip_on=True)
+                        family="monospace", clip_on=True, in_layout=False)
     if title:
         ax.set_title(title, fontsize=fontsize + 3, pad=14 if top_labels is not None else 6)
     if colorbar:

@@ -251,8 +251,9 @@ def read_json_script(html_text: str, element_id: str | None = None) -> Any:
 def visible_token(token: str | None, *, max_len: int | None = 10) -> str:
     r"""Make whitespace visible in a token string and truncate long tokens.
 
-    Spaces become ``␣``, newlines ``↵``, tabs ``⇥``, carriage returns ``␍``; other control
-    characters are shown as ``\xNN``. Tokens longer than ``max_len`` end with ``…``.
+    Spaces become ``␣``, no-break spaces ``⍽``, newlines ``↵``, tabs ``⇥``, carriage returns
+    ``␍``, the empty token ``∅``; other control characters are shown as ``\xNN`` and
+    zero-width characters as ``\uNNNN``. Tokens longer than ``max_len`` end with ``…``.
 
     Args:
         token: The token text (``None`` gives ``""``).
@@ -269,10 +270,16 @@ def visible_token(token: str | None, *, max_len: int | None = 10) -> str:
     """
     if token is None:
         return ""
+    if token == "":
+        return "∅"
     out = []
     for ch in str(token):
         if ch == " ":
             out.append("␣")
+        elif ch == "\u00a0":
+            out.append("⍽")
+        elif ch in "\u200b\u200c\u200d\u2060\ufeff":
+            out.append(f"\\u{ord(ch):04x}")
         elif ch == "\n":
             out.append("↵")
         elif ch == "\t":

@@ -164,7 +164,22 @@ def validate_grid(grid: dict[str, Any]) -> dict[str, Any]:
                 f"grid is missing required key {key!r} (required: {required}); "
                 "see futurelens_tl.viz.lens_grid.validate_grid for the contract"
             )
+    # tracked probabilities can be large (R x P x T, T ~ 200): convert them with numpy
+    tracked_probs: dict[int, Any] = {}
+    lenses_in = grid.get("lenses")
+    if isinstance(lenses_in, list):
+        grid = dict(grid)
+        grid["lenses"] = lenses_in = list(lenses_in)
+        for i, lens in enumerate(lenses_in):
+            if isinstance(lens, dict) and isinstance(lens.get("tracked"), dict) \
+                    and "probs" in lens["tracked"]:
+                tr = dict(lens["tracked"])
+                tracked_probs[i] = _as_float_array(tr.pop("probs"),
+                                                   f"'lenses'][{i}]['tracked']['probs'")
+                lenses_in[i] = dict(lens, tracked=tr)
     g = to_jsonable(grid)
+    for i, arr in tracked_probs.items():
+        g["lenses"][i]["tracked"]["probs"] = arr
     g.setdefault("title", "")
     g.setdefault("prompt", "")
     tokens = g["tokens"]
@@ -227,9 +242,23 @@ def validate_grid(grid: dict[str, Any]) -> dict[str, Any]:
             T = len(tracked["ids"])
             _check_nested(tracked["tokens"], [T], f"{where}]['tracked']['tokens'",
                           allow_none_leaf=False)
-            _check_nested(tracked["probs"], [R, P, T], f"{where}]['tracked']['probs'",
-                          allow_none_leaf=False)
+            arr = tracked["probs"]
+            if arr.shape != (R, P, T):
+                raise _shape_error(f"{where}]['tracked']['probs'", f"of shape {(R, P, T)} "
+                                   "(rows, positions, tracked ids)", f"shape {arr.shape}")
+            tracked["probs"] = arr.tolist()
     return g
+
+
+def _as_float_array(value: Any, key: str) -> Any:
+    import numpy as np
+
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        raise _shape_error(key, "a rectangular R x P x T array of floats", f"{e}") from None
 
 
 def _round_grid(g: dict[str, Any]) -> dict[str, Any]:
@@ -242,11 +271,52 @@ def _round_grid(g: dict[str, Any]) -> dict[str, Any]:
             if lens.get(key) is not None:
                 lens[key] = to_jsonable(lens[key], digits=_PROB_DIGITS)
         if lens.get("tracked") is not None:
+            import numpy as np
+
             tr = dict(lens["tracked"])
-            tr["probs"] = to_jsonable(tr["probs"], digits=_PROB_DIGITS)
+            tr["probs"] = np.round(np.asarray(tr["probs"], dtype=np.float64), _PROB_DIGITS)
+            tr["probs"] = np.nan_to_num(tr["probs"], nan=0.0).tolist()
             lens["tracked"] = tr
         out["lenses"].append(lens)
     return out
+
+
+def _encode_tracked(g: dict[str, Any]) -> dict[str, Any]:
+    """Replace tracked probabilities by base64 little-endian uint16 in units of 1e-4.
+
+    ``R x P x T`` numbers (T ~ 200) dominate the payload; 2 bytes each instead of ~7 JSON
+    characters. :func:`grid_from_html` and the page's JS decode them.
+    """
+    import base64
+
+    import numpy as np
+
+    out = dict(g)
+    out["lenses"] = []
+    for lens in g["lenses"]:
+        if lens.get("tracked") is not None:
+            tr = dict(lens["tracked"])
+            arr = np.asarray(tr.pop("probs"), dtype=np.float64)
+            q = np.rint(np.clip(arr, 0.0, 1.0) * 10 ** _PROB_DIGITS).astype("<u2")
+            tr["probs_u16"] = base64.b64encode(q.tobytes()).decode("ascii")
+            tr["shape"] = list(arr.shape)
+            lens = dict(lens, tracked=tr)
+        out["lenses"].append(lens)
+    return out
+
+
+def _decode_tracked(g: dict[str, Any]) -> dict[str, Any]:
+    import base64
+
+    import numpy as np
+
+    for lens in g["lenses"]:
+        tr = lens.get("tracked")
+        if tr is not None and "probs_u16" in tr:
+            q = np.frombuffer(base64.b64decode(tr.pop("probs_u16")), dtype="<u2")
+            arr = q.reshape(tr.pop("shape")).astype(np.float64) / 10 ** _PROB_DIGITS
+            tr["probs"] = np.round(arr, _PROB_DIGITS).tolist()
+    return g
 
 
 # --------------------------------------------------------------------------- metrics / colours
@@ -492,7 +562,7 @@ def lens_grid_html(
         f'<div class="fl-panels-wrap"{style}><div class="fl-panels" data-role="panels">'
         f"{panels}</div></div>{pin_panel}"
         '<div class="fl-tooltip" data-role="tooltip" hidden></div>'
-        f'{json_script({"grid": g, "view": view}, element_id=data_id)}</div>'
+        f'{json_script({"grid": _encode_tracked(g), "view": view}, element_id=data_id)}</div>'
     )
     init = (f'(function(){{var r=document.getElementById("{uid}");'
             "if(r&&window.flLensGrid){window.flLensGrid(r);}})();")
@@ -518,7 +588,7 @@ def grid_from_html(html_text: str) -> dict[str, Any]:
     m = re.search(r'id="(fl-grid-[0-9a-f]+-data)"', html_text)
     if m is None:
         raise ValueError("html_text holds no lens-grid payload")
-    return read_json_script(html_text, m.group(1))["grid"]
+    return _decode_tracked(read_json_script(html_text, m.group(1))["grid"])
 
 
 # --------------------------------------------------------------------------- static figure
@@ -578,8 +648,13 @@ def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None,
     style = _MODE_STYLE[color]
     n = len(lenses)
     cell_w, cell_h = 0.62, 0.34
-    fig = new_figure(figsize=(max(3.0, 1.0 + cell_w * P) * n + 1.2, 1.6 + cell_h * R))
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    panel_w, panel_h = max(3.0, 1.0 + cell_w * P), 1.7 + cell_h * R
+    if n * P <= 30:  # side by side
+        fig = new_figure(figsize=(panel_w * n + 1.2, panel_h))
+        axes = fig.subplots(1, n, squeeze=False)[0]
+    else:  # wide prompts: panels stacked, same columns
+        fig = new_figure(figsize=(panel_w + 1.2, panel_h * n))
+        axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     tops = [visible_token(t, max_len=_CELL_CHARS - 1) + ("*" if c else "")
             for t, c in zip(g["next_tokens"], g["next_correct"])]
     bottoms = [visible_token(t, max_len=_CELL_CHARS) for t in g["tokens"]]

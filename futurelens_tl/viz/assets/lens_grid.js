@@ -36,8 +36,10 @@
   function textColor(h) { var c = rgb(h); return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2] > 140 ? "#111111" : "#ffffff"; }
   function vis(tok, maxLen) {
     if (tok === null || tok === undefined) return "";
-    var s = String(tok).replace(/ /g, "\u2423").replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d");
+    if (tok === "") return "\u2205";
+    var s = String(tok).replace(/ /g, "\u2423").replace(/\u00a0/g, "\u237d").replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5").replace(/\r/g, "\u240d");
     s = s.replace(/[\u0000-\u001f\u007f]/g, function (c) { return "\\x" + hex2(c.charCodeAt(0)); });
+    s = s.replace(/[\u200b\u200c\u200d\u2060\ufeff]/g, function (c) { return "\\u" + ("000" + c.charCodeAt(0).toString(16)).slice(-4); });
     if (maxLen && s.length > maxLen) s = s.substr(0, Math.max(maxLen - 1, 1)) + "\u2026";
     return s;
   }
@@ -60,6 +62,13 @@
       if (lens.tracked) lens.tracked.ids.forEach(function (id, j) { m[id] = j; });
       return m;
     });
+    L.forEach(function (lens) {  // tracked probabilities: base64 little-endian uint16, units of 1e-4
+      var tr = lens.tracked;
+      if (!tr || !tr.probs_u16) return;
+      var bin = atob(tr.probs_u16), n = bin.length >> 1, flat = new Float64Array(n);
+      for (var i = 0; i < n; i++) flat[i] = (bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8)) / 10000;
+      tr.flat = flat; tr.T = tr.shape[2];
+    });
 
     function cellsOf(li) { return root.querySelectorAll('[data-role="cell"][data-li="' + li + '"]'); }
     function tokenText(id) {
@@ -78,7 +87,7 @@
       var lens = L[li];
       if (!lens.available[r][p]) return null;
       var j = trackedIndex[li][id];
-      if (j !== undefined) return lens.tracked.probs[r][p][j];
+      if (j !== undefined) return lens.tracked.flat[(r * P + p) * lens.tracked.T + j];
       var k = lens.top_ids[r][p].indexOf(id);
       return k >= 0 ? lens.top_probs[r][p][k] : null;
     }
