@@ -522,7 +522,7 @@ def test_bad_input_errors():
         dec.token_scores(99, head=0)
     with pytest.raises(ValueError, match="k="):
         dec.top_prefixes(3, head=0, k=0)
-    with pytest.raises(TypeError, match="integer token ids"):
+    with pytest.raises(TypeError, match="integer token ids|parameter 'tokens'"):
         dec.terms(torch.zeros(3))
     with pytest.raises(ValueError, match="vocab_size"):
         dec.detokenization_auroc(BigramCounts.from_pairs([1], [2], [1], 7), verbose=False)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -65,7 +66,6 @@ TERM_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Grouping of the six terms (ref §4): position-related, token-related and mixed."""
 
-SigmaChoice = Literal["mean", "max", "min"]
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -162,7 +162,7 @@ class BigramCounts:
 
     @classmethod
     def from_pairs(
-        cls, prefix: np.ndarray, suffix: np.ndarray, count: np.ndarray, vocab_size: int
+        cls, prefix: npt.ArrayLike, suffix: npt.ArrayLike, count: npt.ArrayLike, vocab_size: int
     ) -> BigramCounts:
         """Build from parallel arrays (duplicate pairs are summed, zero counts dropped)."""
         prefix = np.asarray(prefix, dtype=np.int64)
@@ -441,7 +441,7 @@ class Layer0Contributions:
                              "integrated": float(ig[ti, h])})
         return pd.DataFrame(rows)
 
-    def plot(self, measure: Literal["loo", "integrated"] = "loo") -> Any:
+    def plot(self, measure: str = "loo") -> Any:
         """Per-head bars of each term's mean contribution (matplotlib figure)."""
         from futurelens_tl.viz.layer0 import term_contribution_bars
 
@@ -827,7 +827,7 @@ class Layer0Decomposition:
         return a_pp.cpu(), a_p.cpu(), st
 
     def positional_attention(
-        self, query_pos: int, sigma: SigmaChoice = "mean"
+        self, query_pos: int, sigma: str = "mean"
     ) -> Float[Tensor, "head key"]:
         """Predicted positional attention from weights alone (ref §6.1).
 
@@ -859,7 +859,7 @@ class Layer0Decomposition:
         return torch.softmax(logits, dim=-1)
 
     def position_terms(
-        self, query_pos: int, sigma: SigmaChoice = "mean", band: tuple[float, float] = (2.5, 97.5)
+        self, query_pos: int, sigma: str = "mean", band: tuple[float, float] = (2.5, 97.5)
     ) -> Any:
         """Weight-only position terms for one query position with a band over tokens (§6.1).
 
@@ -896,7 +896,7 @@ class Layer0Decomposition:
             }))
         return pd.concat(frames, ignore_index=True)
 
-    def position_logits(self, sigma: SigmaChoice = "mean") -> Float[Tensor, "head query key"]:
+    def position_logits(self, sigma: str = "mean") -> Float[Tensor, "head query key"]:
         """``mean_v (T_pp + T_p)`` for every (query, key) pair, ``[head, n_ctx, n_ctx]``.
 
         Entries with ``key > query`` are 0. Not divided by ``sqrt(d')``.
@@ -912,7 +912,7 @@ class Layer0Decomposition:
         return out.tril().cpu()
 
     def position_terms_by_distance(
-        self, max_distance: int | None = None, sigma: SigmaChoice = "mean"
+        self, max_distance: int | None = None, sigma: str = "mean"
     ) -> Any:
         """Mean-over-tokens position logits against relative distance ``i - j`` (ref §6.1).
 
@@ -1198,7 +1198,7 @@ class Layer0Decomposition:
             "norm": str(self.norm),
         })
 
-    def plot_position_heatmap(self, query_pos: int | None = None, sigma: SigmaChoice = "mean",
+    def plot_position_heatmap(self, query_pos: int | None = None, sigma: str = "mean",
                               last: int | None = 64) -> Any:
         """Heatmap of ``mean_v T_pp`` over (head, key position) for one query (matplotlib)."""
         from futurelens_tl.viz.layer0 import position_heatmap
