@@ -326,3 +326,38 @@ def test_report_with_circuitsvis_renders_offline(driver, tmp_path):
     remote = [u for _, u in requests if not (u.startswith("data:") or u.startswith("file:")
                                              or u.startswith("about:"))]
     assert not remote, f"network requests made: {remote}"
+
+
+def test_fragment_inserted_like_jupyterlab_output(driver, tmp_path):
+    """JupyterLab/VS Code insert text/html output via innerHTML, then re-create each <script>
+    so it runs (innerHTML alone never runs scripts). Two outputs in one page must both work."""
+    from selenium.webdriver.common.by import By
+
+    from futurelens_tl.viz.html import json_script, page, script_tag
+
+    outputs = [lens_grid_html(demo_grid(n_layers=2, n_pos=3, k=3, seed=s)) for s in (4, 5)]
+    loader = """
+    var outs = JSON.parse(document.getElementById('outs').textContent);
+    outs.forEach(function (h) {
+      var area = document.createElement('div'); area.className = 'jp-OutputArea-output';
+      document.body.appendChild(area);
+      area.innerHTML = h;
+      Array.from(area.querySelectorAll('script')).forEach(function (old) {
+        var s = document.createElement('script');
+        Array.from(old.attributes).forEach(function (a) { s.setAttribute(a.name, a.value); });
+        s.textContent = old.textContent;
+        old.parentNode.replaceChild(s, old);
+      });
+    });"""
+    doc = page("jupyter-like", json_script(outputs, element_id="outs") + script_tag(loader))
+    path = tmp_path / "jl.html"
+    path.write_text(doc, encoding="utf-8")
+    driver.get(path.as_uri())
+    roots = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output [data-fl=lens-grid]")
+    assert len(roots) == 2
+    assert [r.get_attribute("data-fl-ready") for r in roots] == ["1", "1"]
+    cells = roots[1].find_elements(By.CSS_SELECTOR, "[data-role=cell]")
+    assert len(cells) == 3 * 3 * 3
+    cells[0].click()
+    assert roots[1].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
+    assert not roots[0].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")

@@ -500,10 +500,19 @@ def lens_grid_html(
         ValueError: On an invalid grid, colour mode or height.
 
     Examples:
+        On the toy model, through ``fl.compare`` (which builds the grid dict):
+
         >>> import futurelens_tl as fl
         >>> model = fl.toy_model(verbose=False)  # doctest: +SKIP
         >>> cmp = fl.compare(model, "The cat sat on the", [fl.LogitLens(model)])  # doctest: +SKIP
         >>> html = lens_grid_html(cmp.grid, color="rank", standalone=True)  # doctest: +SKIP
+
+        On a synthetic grid (no model):
+
+        >>> grid = demo_grid(n_layers=2, n_pos=3, k=3)
+        >>> html = lens_grid_html(grid, color="kl")
+        >>> html.count('<td data-role="cell"')  # 3 lenses x 3 rows x 3 positions
+        27
     """
     if color not in COLOR_MODES:
         raise ValueError(f"color={color!r} is not a colour mode; allowed: {list(COLOR_MODES)}")
@@ -615,7 +624,9 @@ def lens_grid_figure(grid: dict[str, Any], *, lens: str | None = None,
         ValueError: On an invalid grid, unknown lens name or colour mode.
 
     Examples:
-        >>> fig = lens_grid_figure(cmp.grid, color="kl")  # doctest: +SKIP
+        >>> fig = lens_grid_figure(demo_grid(n_layers=2, n_pos=3), color="kl")
+        >>> len([ax for ax in fig.axes if ax.images])  # one panel per lens
+        3
         >>> fig.savefig("grid.png")  # doctest: +SKIP
     """
     import numpy as np
