@@ -1,0 +1,58 @@
+"""Layer-0 decomposition on the embedded toy model (real byte-level BPE subwords).
+
+Skips (rather than training for minutes) when the pinned toy checkpoint is not available.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import futurelens_tl as fl
+from futurelens_tl.attention.layer0 import count_bigrams, detokenization_scores
+
+
+@pytest.fixture(scope="module")
+def toy():
+    try:
+        from futurelens_tl.toy import toy_stats
+    except ImportError:
+        pytest.skip("futurelens_tl.toy is not available")
+    if not toy_stats():
+        pytest.skip("the pinned toy checkpoint is absent (would train for minutes)")
+    return fl.toy_model(verbose=False)
+
+
+def test_toy_identity_and_detokenization_heads(toy, capsys):
+    from futurelens_tl.toy import toy_texts
+
+    view = fl.as_view(toy)
+    dec = fl.decompose_first_layer(toy)
+    tokens = view.to_tokens(toy_texts("test", n=2))[:, :64]
+    _, cache = view.run_with_cache(tokens, ["blocks.0.attn.hook_pattern"])
+    assert (dec.attention(tokens) - cache["blocks.0.attn.hook_pattern"]).abs().max() < 1e-5
+
+    tk = toy.tokenizer
+    seqs = [tk(t, add_special_tokens=False)["input_ids"] for t in toy_texts("train", n=400)]
+    bigrams = count_bigrams(seqs, dec.d_vocab, verbose=False)
+    auc = dec.detokenization_auroc(bigrams, verbose=False)
+    seen = torch.from_numpy(bigrams.suffix_totals() > 0)
+    mean_all = auc.nan_to_num(0).mean(-1)
+    mean_seen = auc[:, seen].nanmean(-1)
+    order = torch.argsort(mean_seen, descending=True).tolist()
+    with capsys.disabled():
+        print("\nlayer-0 detokenization AUROC on the toy model (head: all suffixes / seen only):")
+        for h in order:
+            print(f"  head {h}: {mean_all[h]:.3f} / {mean_seen[h]:.3f}")
+    assert ((auc.nan_to_num(0) >= 0) & (auc.nan_to_num(0) <= 1)).all()
+    # the trained model's best layer-0 head ranks real prefixes above chance
+    assert mean_seen[order[0]] > 0.5
+    assert torch.allclose(detokenization_scores(dec, bigrams), mean_all.float(), atol=1e-6)
+    # its top prefix for the most frequent word-internal suffix was actually seen before it
+    totals = bigrams.suffix_totals()
+    best = order[0]
+    cands = [int(v) for v in totals.argsort()[::-1][:200]
+             if (s := tk.decode([int(v)])).isalpha() and not s.startswith(" ")]
+    if cands:
+        top = dec.top_prefixes(cands[0], best, k=10)
+        assert any(bigrams.get(int(u), cands[0]) > 0 for u in top.prefix)
