@@ -193,6 +193,10 @@ def test_sigma_stats_match_numpy():
     np.testing.assert_allclose(st["r_hi"].numpy(), np.percentile(r, 97.5, axis=1), rtol=1e-5)
     np.testing.assert_allclose(st["sigma_max"].numpy(), table.max(1), rtol=1e-5)
     np.testing.assert_allclose(st["sigma_bar"].numpy(), table.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(st["r_bar"].numpy(), r.mean(0), rtol=1e-5)
+    bt = dec.bias_token_scores()
+    ref = (dec.W_E.double() @ dec.b_QK[1].double()).numpy() * r.mean(0)
+    np.testing.assert_allclose(bt[1].numpy(), ref, rtol=1e-4, atol=1e-6)
     assert dec.sigma_table().dtype == torch.float16
     for n in (1, 2, 7, 1001):
         x = torch.randn(5, n, dtype=torch.float64)

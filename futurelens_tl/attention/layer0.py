@@ -774,7 +774,8 @@ class Layer0Decomposition:
             Dict with ``r_mean``, ``r_lo``, ``r_hi`` (mean, 2.5th and 97.5th percentile over
             tokens of ``1 / Sigma[j, :]``; numpy linear interpolation), ``sigma_mean``,
             ``sigma_max``, ``sigma_min`` (over tokens, ``[n_ctx]`` each) and ``sigma_bar``
-            (``[d_vocab]``, position-averaged token scale, float32 as computed).
+            (``[d_vocab]``, position-averaged token scale, float32 as computed) and ``r_bar``
+            (``[d_vocab]``, ``mean_j 1 / Sigma[j, v]``).
         """
         if "stats" not in self._cache:
             acc = self._new_stats()
@@ -788,6 +789,7 @@ class Layer0Decomposition:
         st = {k: torch.empty(self.n_ctx, dtype=work) for k in
               ("r_mean", "r_lo", "r_hi", "sigma_mean", "sigma_max", "sigma_min")}
         st["sigma_bar"] = torch.zeros(self.d_vocab, dtype=work)
+        st["r_bar"] = torch.zeros(self.d_vocab, dtype=work)
         return st
 
     @staticmethod
@@ -799,12 +801,14 @@ class Layer0Decomposition:
         st["sigma_max"][a:b] = sig.amax(-1)
         st["sigma_min"][a:b] = sig.amin(-1)
         r = sig.reciprocal()
+        st["r_bar"] += r.sum(0)
         st["r_mean"][a:b] = r.mean(-1)
         st["r_lo"][a:b] = _percentile_rows(r, 2.5)
         st["r_hi"][a:b] = _percentile_rows(r, 97.5)
 
     def _finish_stats(self, st: dict[str, Tensor]) -> dict[str, Tensor]:
         st["sigma_bar"] = st["sigma_bar"] / self.n_ctx
+        st["r_bar"] = st["r_bar"] / self.n_ctx
         return st
 
     # ------------------------------------------------------------------ positions (§6.1, §6.3)
@@ -987,6 +991,17 @@ class Layer0Decomposition:
             isinstance(suffix, Tensor) and suffix.ndim == 0
         )
         return out[0] if single else out
+
+    def bias_token_scores(self) -> Float[Tensor, "head d_vocab"]:
+        """Bias-token term per key token: ``b^QK_h e_v^T * mean_j (1 / Sigma[j, v])`` (§6.2).
+
+        The paper plots it against token frequency (Sec. 6.3). Not divided by ``sqrt(d')``.
+
+        Returns:
+            ``[head, d_vocab]``.
+        """
+        r_bar = self.sigma_stats()["r_bar"].to(self.dtype).to(self.W_E.device)
+        return ((self.W_E @ self.b_QK.T).T * r_bar[None]).cpu()
 
     def _token_str(self, ids: Sequence[int]) -> list[str]:
         tk = self.tokenizer
