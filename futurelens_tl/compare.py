@@ -1,0 +1,594 @@
+"""Run lenses side by side: :func:`run_with_lenses` (reduced readouts) and :func:`compare`.
+
+* :func:`run_with_lenses` makes **one** model forward (residual hooks for every layer any lens
+  covers), then reads every lens at every layer and reduces the readout chunk by chunk (over
+  rows of ``batch x position``) into top-k ids/probs, the target's log-prob and 1-based
+  full-vocabulary rank, entropy and ``KL(final || lens)`` (reference
+  ``lenses-and-transformerlens.md`` §A.3). The ``[layers, batch, pos, vocab]`` tensor is never
+  built unless ``return_log_probs=True``.
+* :func:`compare` builds the canonical layer x position grid for one prompt and several lenses
+  (§A.4) as a JSON-ready dict (the lens-grid contract rendered by
+  ``futurelens_tl.viz.lens_grid``) and wraps it in :class:`LensComparison`.
+
+Conventions: log-probs in nats; KL of a lens with ``n_ahead = N`` at position t is taken
+against the model's final distribution at ``t + N`` (NaN where ``t + N`` is past the end); the
+default target at position t is the true input token ``t + 1 + N``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from futurelens_tl import data as _data
+from futurelens_tl.lenses.base import Lens
+from futurelens_tl.model import ModelView, as_view
+
+__all__ = ["LayerReadout", "LensComparison", "LensReadouts", "compare", "run_with_lenses"]
+
+#: Rows (batch x position cells) per chunk so one chunk's logits stay near this many floats.
+_CHUNK_FLOATS = 2**24  # 64 MB of float32
+
+
+@dataclass
+class LayerReadout:
+    """Reduced readout of one lens at one layer, for every ``[batch, position]`` cell.
+
+    Attributes:
+        top_ids: ``[batch, pos, k]`` top-k token ids.
+        top_probs: ``[batch, pos, k]`` their probabilities.
+        entropy: ``[batch, pos]`` entropy (nats).
+        kl: ``[batch, pos]`` KL(final(t + n_ahead) || lens(t)) (nats; NaN where undefined).
+        target_ids: ``[batch, pos]`` target token ids (-1 where undefined), or None.
+        target_log_probs: ``[batch, pos]`` log-prob of the target (NaN where undefined).
+        target_ranks: ``[batch, pos]`` 1-based full-vocabulary rank (0 where undefined).
+        log_probs: ``[batch, pos, vocab]`` only with ``return_log_probs=True``.
+    """
+
+    top_ids: Tensor
+    top_probs: Tensor
+    entropy: Tensor
+    kl: Tensor
+    target_ids: Tensor | None = None
+    target_log_probs: Tensor | None = None
+    target_ranks: Tensor | None = None
+    log_probs: Tensor | None = None
+
+
+@dataclass
+class LensReadouts:
+    """Per lens and layer reduced readouts from :func:`run_with_lenses`.
+
+    Index with ``readouts["logit"][3]`` or ``readouts["logit", 3]``.
+
+    Attributes:
+        data: ``{lens name: {layer: LayerReadout}}``.
+        positions: Positions that were read (``[P]`` ints).
+        k: Top-k size.
+        meta: Lens metadata (``n_ahead``, ``token_fed``) and run info.
+    """
+
+    data: dict[str, dict[int, LayerReadout]]
+    positions: list[int]
+    k: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str | tuple[str, int]) -> Any:
+        if isinstance(key, tuple):
+            name, layer = key
+            return self[name][layer]
+        if key not in self.data:
+            raise KeyError(f"no lens named {key!r}; have {list(self.data)}")
+        return self.data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def lenses(self) -> list[str]:
+        return list(self.data)
+
+    def to_dataframe(self) -> Any:
+        """Long table: one row per lens, layer, batch, position (top-1, target stats, KL...)."""
+        import pandas as pd
+
+        frames = []
+        for name, layers in self.data.items():
+            for layer, r in layers.items():
+                B, P = r.entropy.shape
+                d = {
+                    "lens": name, "layer": layer,
+                    "batch": torch.arange(B).repeat_interleave(P).numpy(),
+                    "pos": torch.tensor(self.positions).repeat(B).numpy(),
+                    "top1_id": r.top_ids[..., 0].reshape(-1).cpu().numpy(),
+                    "top1_prob": r.top_probs[..., 0].reshape(-1).float().cpu().numpy(),
+                    "entropy": r.entropy.reshape(-1).float().cpu().numpy(),
+                    "kl": r.kl.reshape(-1).float().cpu().numpy(),
+                }
+                if r.target_ids is not None:
+                    d["target_id"] = r.target_ids.reshape(-1).cpu().numpy()
+                    d["target_log_prob"] = r.target_log_probs.reshape(-1).float().cpu().numpy()
+                    d["target_rank"] = r.target_ranks.reshape(-1).cpu().numpy()
+                frames.append(pd.DataFrame(d))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _as_lenses(lenses: Lens | Sequence[Lens], view: ModelView) -> list[Lens]:
+    if isinstance(lenses, Lens):
+        lenses = [lenses]
+    if not isinstance(lenses, (list, tuple)) or not lenses:
+        raise ValueError("lenses must be a Lens or a non-empty list of Lens objects")
+    out = []
+    for i, lens in enumerate(lenses):
+        if not isinstance(lens, Lens):
+            raise TypeError(f"lenses[{i}] is a {type(lens).__name__}, not a futurelens_tl Lens")
+        lens.check_model(view)
+        out.append(lens)
+    names = [lens.name for lens in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"lens names must be unique, got {names}; pass name=... when building")
+    return out
+
+
+def _check_k(k: Any, vocab: int, arg: str = "top_k") -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{arg} must be an int, got {type(k).__name__}")
+    if k < 1 or k > vocab:
+        raise ValueError(f"{arg}={k} must be in 1..d_vocab={vocab}")
+    return k
+
+
+def _positions(positions: Any, T: int) -> list[int]:
+    if positions is None:
+        return list(range(T))
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        positions = [positions]
+    if isinstance(positions, Tensor):
+        positions = positions.reshape(-1).tolist()
+    if isinstance(positions, range):
+        positions = list(positions)
+    if not isinstance(positions, (list, tuple)) or not positions:
+        raise ValueError(f"positions={positions!r} must be None, an int or a non-empty list")
+    out = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, int):
+            raise TypeError(f"positions must hold ints, got {p!r}")
+        if not -T <= p < T:
+            raise ValueError(f"position {p} is out of range for a sequence of {T} tokens "
+                             f"(allowed {-T}..{T - 1})")
+        out.append(p % T)
+    return out
+
+
+# ---------------------------------------------------------------------- core reduction
+def _reduce(
+    lens: Lens,
+    layer: int,
+    resid: Float[Tensor, "rows d_model"],
+    final_lp: Float[Tensor, "rows vocab"] | None,
+    targets: Int[Tensor, " rows"] | None,
+    k: int,
+    *,
+    keep_log_probs: bool = False,
+    track_ids: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Read ``lens`` at ``layer`` on ``resid`` rows and reduce chunk by chunk (fp32 math).
+
+    ``final_lp`` rows may be NaN (no final distribution at that position); ``targets`` rows
+    may be -1 (no target).
+    """
+    rows = resid.shape[0]
+    V = lens.view.d_vocab
+    chunk = max(1, _CHUNK_FLOATS // max(V, 1))
+    out: dict[str, list[Tensor]] = {k_: [] for k_ in
+                                    ("top_ids", "top_probs", "entropy", "kl", "tlp", "rank",
+                                     "lp", "tracked")}
+    with torch.no_grad():
+        for s in range(0, rows, chunk):
+            lp = lens.log_probs(resid[s : s + chunk], layer)
+            v, i = lp.topk(k, dim=-1)
+            out["top_ids"].append(i)
+            out["top_probs"].append(v.exp())
+            p = lp.exp()
+            out["entropy"].append(-(p * lp).sum(-1))
+            if final_lp is not None:
+                f = final_lp[s : s + chunk]
+                kl = (f.exp() * (f - lp)).sum(-1).clamp_min(0.0)
+                out["kl"].append(kl)  # NaN rows stay NaN
+            if targets is not None:
+                t = targets[s : s + chunk]
+                valid = t >= 0
+                tlp = lp.gather(-1, t.clamp_min(0)[:, None]).squeeze(-1)
+                rank = (lp > tlp[:, None]).sum(-1) + 1
+                out["tlp"].append(torch.where(valid, tlp, torch.full_like(tlp, math.nan)))
+                out["rank"].append(torch.where(valid, rank, torch.zeros_like(rank)))
+            if track_ids is not None:
+                out["tracked"].append(p[:, track_ids])
+            if keep_log_probs:
+                out["lp"].append(lp)
+    return {k_: torch.cat(v_) for k_, v_ in out.items() if v_}
+
+
+def _forward(view: ModelView, tokens: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
+    with torch.no_grad():
+        logits, resid = view.residuals(tokens, layers)
+    _data.FORWARD_COUNTER.passes += 1
+    _data.FORWARD_COUNTER.tokens += tokens.numel()
+    return logits, resid
+
+
+def _targets_for(tokens: Tensor, positions: list[int], n_ahead: int,
+                 targets: Any) -> Tensor | None:
+    """``[B, P]`` target ids (-1 where undefined)."""
+    B, T = tokens.shape
+    pos = torch.tensor(positions, device=tokens.device)
+    if targets is None or (isinstance(targets, str) and targets == "none"):
+        return None
+    if isinstance(targets, str):
+        if targets != "next":
+            raise ValueError(f"targets={targets!r} must be 'next', 'none', None or a tensor")
+        idx = pos + 1 + n_ahead
+        ok = idx < T
+        t = tokens[:, idx.clamp_max(T - 1)]
+        return torch.where(ok[None, :], t, torch.full_like(t, -1))
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be 'next', None or a tensor, got {type(targets).__name__}")
+    t = targets.to(tokens.device).long()
+    if t.ndim == 1:
+        t = t[None].expand(B, -1)
+    if t.shape == (B, T):
+        return t[:, pos]
+    if t.shape == (B, len(positions)):
+        return t
+    raise ValueError(f"targets has shape {tuple(targets.shape)}; expected [batch, pos]={B, T} "
+                     f"or [batch, n_positions]={B, len(positions)}")
+
+
+def run_with_lenses(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"] | str | Sequence[str],
+    lenses: Lens | Sequence[Lens],
+    *,
+    positions: int | Sequence[int] | None = None,
+    top_k: int = 10,
+    targets: str | Tensor | None = "next",
+    layers: Sequence[int] | None = None,
+    return_log_probs: bool = False,
+) -> tuple[Float[Tensor, "batch pos vocab"], LensReadouts]:
+    """Run the model once and read every lens at every covered layer, reduced.
+
+    Args:
+        model: TransformerLens model.
+        tokens: ``[batch, pos]`` ids, or text (tokenised with BOS).
+        lenses: A lens or a list of lenses (unique names).
+        positions: Positions to read (default all; negative counts from the end).
+        top_k: Top-k tokens/probs to keep per cell.
+        targets: ``"next"`` (default: the true token ``t + 1 + n_ahead``), ``None``/``"none"``,
+            or a ``[batch, pos]`` / ``[batch, n_positions]`` tensor of target ids.
+        layers: Restrict to these layers (default: every layer each lens covers).
+        return_log_probs: Also keep the full ``[batch, P, vocab]`` log-probs per lens/layer.
+
+    Returns:
+        ``(logits, readouts)``: the model's own logits ``[batch, pos, vocab]`` and a
+        :class:`LensReadouts`.
+
+    Raises:
+        ValueError: Empty prompt, positions / layers out of range, ``top_k < 1``.
+        LensMismatchError: A lens fitted on another model or basis.
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> model = fl.toy_model(verbose=False)
+        >>> logits, ro = fl.run_with_lenses(model, "On Monday, then", [fl.LogitLens(model)],
+        ...                                 top_k=3)
+        >>> ro["logit", 0].top_ids.shape[-1]
+        3
+    """
+    view = as_view(model)
+    lens_list = _as_lenses(lenses, view)
+    k = _check_k(top_k, view.d_vocab)
+    toks = view.to_tokens(tokens, arg="tokens")
+    B, T = toks.shape
+    pos = _positions(positions, T)
+    want = None if layers is None else set(view.layer_indices(layers))
+    per_lens: dict[str, list[int]] = {}
+    for lens in lens_list:
+        ls = [x for x in lens.layers if want is None or x in want]
+        per_lens[lens.name] = ls
+    all_layers = sorted({x for ls in per_lens.values() for x in ls})
+    if not all_layers:
+        raise ValueError(f"layers={layers!r} selects no layer any lens covers")
+    logits, resid = _forward(view, toks, all_layers)
+    final_lp_full = torch.log_softmax(logits.float(), dim=-1)
+    pos_t = torch.tensor(pos, device=toks.device)
+    data: dict[str, dict[int, LayerReadout]] = {}
+    meta: dict[str, Any] = {"lenses": {}, "batch": B, "seq_len": T}
+    V = view.d_vocab
+    for lens in lens_list:
+        n = int(getattr(lens, "n_ahead", 0) or 0)
+        src = pos_t + n
+        ok = src < T
+        f = final_lp_full[:, src.clamp_max(T - 1)]
+        f = torch.where(ok[None, :, None], f, torch.full_like(f, math.nan)).reshape(-1, V)
+        tgt = _targets_for(toks, pos, n, targets)
+        tflat = None if tgt is None else tgt.reshape(-1)
+        data[lens.name] = {}
+        meta["lenses"][lens.name] = {"n_ahead": n, "token_fed": bool(lens.token_fed),
+                                     "class": type(lens).__name__}
+        for layer in per_lens[lens.name]:
+            h = resid[all_layers.index(layer)][:, pos_t].reshape(B * len(pos), -1)
+            red = _reduce(lens, layer, h, f, tflat, k, keep_log_probs=return_log_probs)
+            shp = (B, len(pos))
+            data[lens.name][layer] = LayerReadout(
+                top_ids=red["top_ids"].reshape(*shp, k),
+                top_probs=red["top_probs"].reshape(*shp, k),
+                entropy=red["entropy"].reshape(shp),
+                kl=red["kl"].reshape(shp),
+                target_ids=None if tgt is None else tgt,
+                target_log_probs=None if tgt is None else red["tlp"].reshape(shp),
+                target_ranks=None if tgt is None else red["rank"].reshape(shp),
+                log_probs=red["lp"].reshape(*shp, V) if return_log_probs else None,
+            )
+    return logits, LensReadouts(data, pos, k, meta)
+
+
+# ---------------------------------------------------------------------- compare
+@dataclass
+class LensComparison:
+    """Side-by-side lens readouts for one prompt: the layer x position grid (§A.4).
+
+    Attributes:
+        grid: The JSON-ready lens-grid dict (contract in ``futurelens_tl.viz.lens_grid``).
+        meta: Model fingerprint, basis, lens metadata.
+    """
+
+    grid: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dataframe(self) -> Any:
+        """One row per lens, layer, position: top-1, probabilities, target stats, KL."""
+        import pandas as pd
+
+        g = self.grid
+        rows = []
+        for lens in g["lenses"]:
+            for r, (label, layer) in enumerate(zip(g["rows"], g["row_layers"])):
+                for p, tok in enumerate(g["tokens"]):
+                    if not lens["available"][r][p]:
+                        continue
+                    rows.append({
+                        "lens": lens["name"], "layer": layer, "row": label, "pos": p,
+                        "token": tok, "next_token": g["next_tokens"][p],
+                        "top1": lens["top_tokens"][r][p][0],
+                        "top1_id": lens["top_ids"][r][p][0],
+                        "top1_prob": lens["top_probs"][r][p][0],
+                        "p_next": lens["p_next"][r][p] if lens.get("p_next") else None,
+                        "rank_next": lens["rank_next"][r][p] if lens.get("rank_next") else None,
+                        "entropy": lens["entropy"][r][p], "kl": lens["kl"][r][p],
+                    })
+        return pd.DataFrame(rows)
+
+    def html(self, color: str = "prob", *, standalone: bool = False,
+             height: int | None = None) -> str:
+        from futurelens_tl.viz.lens_grid import lens_grid_html
+
+        return lens_grid_html(self.grid, color=color, standalone=standalone, height=height)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def show(self, color: str = "prob") -> Any:
+        """Display the interactive grid in Jupyter (offline; inline JS/CSS)."""
+        h = self.html(color)
+        try:
+            from IPython.display import HTML, display
+
+            display(HTML(h))
+        except ImportError:  # pragma: no cover
+            pass
+        return h
+
+    def save_html(self, path: str | os.PathLike[str], color: str = "prob") -> None:
+        """Write a standalone offline HTML page (atomic)."""
+        from futurelens_tl.lenses.artifacts import atomic_write
+
+        text = self.html(color, standalone=True)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+
+        atomic_write(path, write)
+
+    def figure(self, lens: str | None = None, color: str = "prob") -> Any:
+        """A static matplotlib figure of one lens panel (default: the first)."""
+        from futurelens_tl.viz.lens_grid import lens_grid_figure
+
+        return lens_grid_figure(self.grid, lens=lens, color=color)
+
+    def save_png(self, path: str | os.PathLike[str], lens: str | None = None,
+                 color: str = "prob", dpi: int = 120) -> None:
+        import matplotlib.pyplot as plt
+
+        from futurelens_tl.lenses.artifacts import atomic_write
+
+        fig = self.figure(lens=lens, color=color)
+        try:
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+        finally:
+            plt.close(fig)
+
+
+def _row_label(layer: int) -> str:
+    return "embed" if layer == -1 else str(layer)
+
+
+def compare(
+    model: Any,
+    prompt: str | Int[Tensor, "..."],
+    lenses: Lens | Sequence[Lens],
+    *,
+    k: int = 5,
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+    max_tracked: int = 200,
+    n_continuation: int = 3,
+) -> LensComparison:
+    """Read several lenses on one prompt into the shared layer x position grid.
+
+    Args:
+        model: TransformerLens model.
+        prompt: Text (tokenised with BOS) or a 1-D / ``[1, pos]`` token tensor.
+        lenses: Lenses to show side by side (one panel each, one shared colour scale).
+        k: Top-k tokens per cell (hover table).
+        layers: Rows to show (default: every layer any lens covers).
+        title: Page title.
+        max_tracked: Cap on tracked token ids (union of the grid's top-k) whose probability
+            is stored at every cell for pinned-token trajectories.
+        n_continuation: Tokens of free-running continuation for lenses with a
+            ``continuation`` method (the Future Lens).
+
+    Returns:
+        :class:`LensComparison`.
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> model = fl.toy_model(verbose=False)
+        >>> cmp = fl.compare(model, "On Monday, then", [fl.LogitLens(model)], k=3)
+        >>> cmp.grid["rows"][0], cmp.grid["k"]
+        ('embed', 3)
+    """
+    view = as_view(model)
+    lens_list = _as_lenses(lenses, view)
+    k = _check_k(k, view.d_vocab, "k")
+    toks = view.to_tokens(prompt, arg="prompt")
+    if toks.shape[0] != 1:
+        raise ValueError(f"prompt must be one sequence, got a batch of {toks.shape[0]}")
+    T = toks.shape[1]
+    want = None if layers is None else set(view.layer_indices(layers))
+    row_layers = sorted({x for lens in lens_list for x in lens.layers
+                         if want is None or x in want})
+    if not row_layers:
+        raise ValueError(f"layers={layers!r} selects no layer any lens covers")
+    logits, resid = _forward(view, toks, row_layers)
+    final_lp = torch.log_softmax(logits[0].float(), dim=-1)  # [T, V]
+    str_tokens = view.to_str_tokens(toks[0])
+    next_ids = toks[0, 1:].tolist() + [None]
+    final_top = final_lp.argmax(-1).tolist()
+    grid: dict[str, Any] = {
+        "title": title or "lens comparison",
+        "prompt": prompt if isinstance(prompt, str) else "".join(str_tokens),
+        "tokens": str_tokens,
+        "next_tokens": str_tokens[1:] + [None],
+        "next_correct": [bool(n is not None and final_top[p] == n)
+                         for p, n in enumerate(next_ids)],
+        "rows": [_row_label(x) for x in row_layers],
+        "row_layers": row_layers,
+        "k": k,
+        "lenses": [],
+    }
+    tok_str = _decoder(view)
+    R, V = len(row_layers), view.d_vocab
+    for lens in lens_list:
+        n = int(getattr(lens, "n_ahead", 0) or 0)
+        idx = torch.arange(T, device=toks.device) + n
+        ok = idx < T
+        f = torch.where(ok[:, None], final_lp[idx.clamp_max(T - 1)],
+                        torch.full_like(final_lp, math.nan))
+        tgt = _targets_for(toks, list(range(T)), n, "next")[0]
+        panel: dict[str, Any] = {
+            "name": lens.name, "token_fed": bool(lens.token_fed),
+            "note": getattr(lens, "grid_note", "") or (
+                f"predicts {n} token(s) past the next" if n else ""),
+            "available": [], "top_ids": [], "top_tokens": [], "top_probs": [],
+            "p_next": [], "rank_next": [], "entropy": [], "kl": [],
+        }
+        reds: dict[int, dict[str, Tensor]] = {}
+        for layer in row_layers:
+            if layer not in lens.layers:
+                continue
+            h = resid[row_layers.index(layer)][0]
+            reds[layer] = _reduce(lens, layer, h, f, tgt, k)
+        ids_union: list[int] = []
+        seen: set[int] = set()
+        for layer in row_layers:  # union of top-k ids in row order, capped
+            if layer in reds:
+                for i in reds[layer]["top_ids"].reshape(-1).tolist():
+                    if i not in seen and len(ids_union) < max_tracked:
+                        seen.add(i)
+                        ids_union.append(i)
+        track = torch.tensor(ids_union, dtype=torch.long, device=toks.device)
+        tracked_probs = []
+        has_cont = callable(getattr(lens, "continuation", None)) and n_continuation > 0
+        cont_tokens: list[Any] = []
+        cont_probs: list[Any] = []
+        for layer in row_layers:
+            if layer not in reds:
+                panel["available"].append([False] * T)
+                for key in ("top_ids", "top_tokens", "top_probs"):
+                    panel[key].append([[] for _ in range(T)])
+                for key in ("p_next", "rank_next", "entropy", "kl"):
+                    panel[key].append([None] * T)
+                tracked_probs.append([[0.0] * len(ids_union) for _ in range(T)])
+                cont_tokens.append([None] * T)
+                cont_probs.append([None] * T)
+                continue
+            red = reds[layer]
+            h = resid[row_layers.index(layer)][0]
+            tp = _reduce(lens, layer, h, None, None, 1, track_ids=track)["tracked"]
+            tracked_probs.append(tp.tolist())
+            ids = red["top_ids"].tolist()
+            panel["available"].append([True] * T)
+            panel["top_ids"].append(ids)
+            panel["top_tokens"].append([[tok_str(i) for i in row] for row in ids])
+            panel["top_probs"].append(red["top_probs"].tolist())
+            panel["p_next"].append([_num(math.exp(x)) for x in red["tlp"].tolist()])
+            panel["rank_next"].append([int(x) if x > 0 else None
+                                       for x in red["rank"].tolist()])
+            panel["entropy"].append([_num(x) for x in red["entropy"].tolist()])
+            panel["kl"].append([_num(x) for x in red["kl"].tolist()])
+            if has_cont:
+                c_ids, c_probs = lens.continuation(h, layer, n_continuation)
+                cont_tokens.append([[tok_str(i) for i in row] for row in c_ids.tolist()])
+                cont_probs.append(c_probs.tolist())
+        panel["tracked"] = {"ids": ids_union, "tokens": [tok_str(i) for i in ids_union],
+                            "probs": tracked_probs}
+        if has_cont:
+            panel["cont_tokens"] = cont_tokens
+            panel["cont_probs"] = cont_probs
+            panel["note"] = panel["note"] or "free-running continuation"
+        grid["lenses"].append(panel)
+    meta = {
+        "fingerprint": view.fingerprint, "basis": view.basis, "n_layers": view.n_layers,
+        "lenses": {lens.name: {"class": type(lens).__name__, "n_ahead": lens.n_ahead,
+                               "layers": list(lens.layers)} for lens in lens_list},
+        "d_vocab": V, "rows": R,
+    }
+    return LensComparison(grid, meta)
+
+
+def _num(x: float) -> float | None:
+    return None if (x is None or math.isnan(x) or math.isinf(x)) else float(x)
+
+
+def _decoder(view: ModelView) -> Any:
+    tok = view.tokenizer
+    cache: dict[int, str] = {}
+
+    def dec(i: int) -> str:
+        if i not in cache:
+            cache[i] = tok.decode([i]) if tok is not None else f"<{i}>"
+        return cache[i]
+
+    return dec

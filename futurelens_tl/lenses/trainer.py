@@ -1,0 +1,268 @@
+"""A small, generic lens trainer: optimiser, schedule, progress, checkpoints, resume, NaN guard.
+
+Used by the tuned lens and reusable by the Future Lens. The trainer owns no data: the caller
+passes ``step_fn(step)``, which fetches the batch for that step **deterministically from the
+step index** (so a resumed run sees exactly the batches the uninterrupted run would have seen)
+and yields ``(key, loss)`` pairs, one per independently trained group (e.g. one per layer).
+Each loss is back-propagated as soon as it is yielded, so only one group's graph is alive at a
+time (the tuned-lens recipe, reference ``lenses-and-transformerlens.md`` §B.2).
+
+Optimiser defaults are the tuned-lens recipe (§B.3): SGD with Nesterov momentum 0.9, an
+*effective* learning rate of 1.0 (PyTorch lr = lr * (1 - momentum) = 0.1), weight decay 1e-3,
+linear decay to zero without warm-up, gradient clipping to norm 1.0. ``optimizer="adam"`` gives
+AMSGrad Adam with lr 1e-3 and a linear warm-up of ``min(1000, steps // 5)`` steps.
+
+Scale-out: no global state; ``rank``/``world_size`` are explicit, only rank 0 shows progress and
+writes checkpoints, and :func:`rank_seed` derives per-rank seeds. (DDP wrapping of the module is
+left to the caller.)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from futurelens_tl.data import progress
+from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
+
+__all__ = ["TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError", "rank_seed"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss or gradient became NaN/inf; the message names the step and the group (layer)."""
+
+
+def rank_seed(seed: int, rank: int = 0) -> int:
+    """Per-rank seed derived from the run seed (rank 0 keeps ``seed``)."""
+    return int(seed) + 1_000_003 * int(rank)
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation settings (defaults: the tuned-lens SGD recipe, §B.3).
+
+    Attributes:
+        steps: Total optimiser steps (the schedule decays to 0 at ``steps``).
+        lr: Effective learning rate. For SGD, PyTorch sees ``lr * (1 - momentum)``.
+        momentum: SGD momentum (Nesterov) / Adam beta1.
+        weight_decay: L2 weight decay.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        warmup_steps: Linear warm-up steps (default: 0 for SGD, ``min(1000, steps//5)`` Adam).
+        grad_clip: Clip the global gradient norm to this (``0`` = off).
+        checkpoint_path: Where to write checkpoints (``None`` = no checkpoints).
+        checkpoint_every: Write a checkpoint every this many steps (and at the end).
+        resume: Continue from ``checkpoint_path`` if it exists.
+        stop_after: Stop (and checkpoint) after this many completed steps (time-boxed jobs,
+            tests of resume); the schedule still targets ``steps``.
+        seed: Seed for anything random the step function asks for via the generator.
+        verbose: Progress bar.
+        desc: Progress-bar label.
+        rank: This process's rank (data-parallel runs).
+        world_size: Number of processes.
+    """
+
+    steps: int
+    lr: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    optimizer: str = "sgd"
+    warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = True
+    stop_after: int | None = None
+    seed: int = 0
+    verbose: bool = True
+    desc: str = "train"
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps={self.steps!r} must be an int >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr} must be a positive finite number")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer={self.optimizer!r} is not one of 'sgd', 'adam'")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
+        if self.stop_after is not None and self.stop_after < 0:
+            raise ValueError(f"stop_after={self.stop_after} must be >= 0")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank} must be in 0..world_size-1={self.world_size - 1}")
+
+    def schedule_fingerprint(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the interrupted one."""
+        d = asdict(self)
+        for k in ("checkpoint_path", "checkpoint_every", "resume", "stop_after", "verbose",
+                  "desc"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.run` returns.
+
+    Attributes:
+        steps_done: Completed optimiser steps (== ``config.steps`` unless ``stop_after``).
+        history: Per step, the mean of each group's loss (``{"step": s, key: loss, ...}``).
+        resumed_from: Step the run resumed from (``None`` if it started fresh).
+        finished: Whether all ``config.steps`` are done.
+    """
+
+    steps_done: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int | None = None
+    finished: bool = False
+
+
+class Trainer:
+    """Train ``module``'s parameters with a step function (see the module docstring).
+
+    Args:
+        module: The trainable module (its parameters that require grad are optimised).
+        config: :class:`TrainerConfig`.
+        extra_state: Optional callables ``(get, set)`` for state the caller wants checkpointed
+            alongside (e.g. a data-order permutation); ``get()`` returns tensors/plain data.
+
+    Examples:
+        >>> import torch
+        >>> from futurelens_tl.lenses.trainer import Trainer, TrainerConfig
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> def step_fn(step):
+        ...     x = torch.ones(4, 2)
+        ...     yield "all", (lin(x) - 1.0).pow(2).mean()
+        >>> res = Trainer(lin, TrainerConfig(steps=5, verbose=False)).run(step_fn)
+        >>> res.steps_done, res.finished
+        (5, True)
+    """
+
+    def __init__(self, module: torch.nn.Module, config: TrainerConfig,
+                 extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None):
+        self.module = module
+        self.config = config
+        self.extra_state = extra_state
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("module has no trainable parameters")
+        self.names = {id(p): n for n, p in module.named_parameters() if p.requires_grad}
+        c = config
+        if c.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                self.params, lr=c.lr * (1 - c.momentum), momentum=c.momentum, nesterov=True,
+                weight_decay=c.weight_decay)
+            warm = c.warmup_steps or 0
+        else:
+            self.optimizer = torch.optim.Adam(self.params, lr=c.lr, betas=(c.momentum, 0.999),
+                                              amsgrad=True, weight_decay=c.weight_decay)
+            warm = c.warmup_steps if c.warmup_steps is not None else min(1000, c.steps // 5)
+        total = c.steps
+
+        def factor(s: int) -> float:
+            if warm and s < warm:
+                return (s + 1) / warm
+            return max(0.0, 1.0 - s / total)
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.generator = torch.Generator().manual_seed(rank_seed(c.seed, c.rank))
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "config": self.config.schedule_fingerprint(),
+            "extra": self.extra_state[0]() if self.extra_state else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.config.schedule_fingerprint()
+        theirs = state.get("config", {})
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"checkpoint {self.config.checkpoint_path!r} was written with other settings "
+                f"(checkpoint vs now: {diff}); resume with the same settings, or delete it / "
+                "pass resume=False to start over."
+            )
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.generator.set_state(state["generator"])
+        self.history = list(state["history"])
+        if self.extra_state and state.get("extra") is not None:
+            self.extra_state[1](state["extra"])
+
+    def save(self) -> None:
+        """Write a checkpoint now (rank 0 only; atomic)."""
+        if self.config.checkpoint_path and self.config.rank == 0:
+            save_checkpoint(self.config.checkpoint_path, self.state_dict())
+
+    # ------------------------------------------------------------------ loop
+    def _diverged(self, msg: str) -> TrainingDivergedError:
+        # parameters and optimiser state are still those of the last completed step
+        where = ""
+        if self.config.checkpoint_path:
+            self.save()
+            where = (f" The last good state (after step {self.step}) is in checkpoint "
+                     f"{self.config.checkpoint_path!r}.")
+        return TrainingDivergedError(
+            f"{msg} at step {self.step + 1}; training stopped.{where} Lower the learning rate, "
+            "check the data (empty or repeated windows) and the model dtype (try float32)."
+        )
+
+    def run(self, step_fn: Callable[[int], Iterable[tuple[str, Tensor]]]) -> TrainResult:
+        """Run (or resume) training until ``config.steps`` (or ``stop_after``)."""
+        c = self.config
+        resumed: int | None = None
+        if c.checkpoint_path and c.resume and os.path.exists(c.checkpoint_path):
+            self.load_state_dict(load_checkpoint(c.checkpoint_path))
+            resumed = self.step
+        end = c.steps if c.stop_after is None else min(c.steps, c.stop_after)
+        bar = progress(range(self.step, end), verbose=c.verbose and c.rank == 0, desc=c.desc,
+                       total=end - self.step)
+        for _ in bar:
+            self.optimizer.zero_grad(set_to_none=True)
+            losses: dict[str, float] = {}
+            for key, loss in step_fn(self.step):
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise self._diverged(f"loss for {key!r} is {value}")
+                loss.backward()
+                losses[key] = value
+            for p in self.params:
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    raise self._diverged(f"gradient of parameter {self.names[id(p)]!r} is not "
+                                         "finite")
+            if c.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.history.append({"step": float(self.step), **losses})
+            if losses and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.4f}")
+            if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                self.save()
+        if c.checkpoint_path and (self.step == end):
+            self.save()
+        return TrainResult(self.step, self.history, resumed, self.step >= c.steps)
