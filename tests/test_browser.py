@@ -145,10 +145,16 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     rows = tip.find_elements(By.CSS_SELECTOR, "[data-role=topk] tr")
     assert len(rows) == grid["k"]
     shown = [e.get_attribute("data-token-id") for e in
-             tip.find_elements(By.CSS_SELECTOR, "[data-role=pin-token]")]
+             tip.find_elements(By.CSS_SELECTOR, "[data-role=topk] [data-role=pin-token]")]
     assert shown == [str(i) for i in lens["top_ids"][r][p]]
     assert lens["name"] in tip.text and "entropy" in tip.text and "KL" in tip.text
     assert "rank(next)" in tip.text and str(lens["rank_next"][r][p]) in tip.text
+    # ... and the other lenses' top-3 at the same cell
+    others = tip.find_element(By.CSS_SELECTOR, "[data-role=other-lenses]")
+    other_ids = [e.get_attribute("data-token-id") for e in
+                 others.find_elements(By.CSS_SELECTOR, "[data-role=pin-token]")]
+    assert other_ids == [str(i) for x in (grid["lenses"][0], grid["lenses"][2])
+                         for i in x["top_ids"][r][p][:3]]
     # a future-lens cell shows its free-running continuation
     fut = grid["lenses"][2]
     fcell = driver.find_element(
@@ -211,7 +217,7 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     d_fut = next(e for e in paths if e.get_attribute("data-lens") == fut["name"]).get_attribute("d")
     assert d_fut.count("M") + d_fut.count("L") == R - 1
     # pin a second token from the (now frozen) hover table: two paths per lens
-    second = tip.find_elements(By.CSS_SELECTOR, "[data-role=pin-token]")[1]
+    second = tip.find_elements(By.CSS_SELECTOR, "[data-role=topk] [data-role=pin-token]")[1]
     second_id = second.get_attribute("data-token-id")
     second.click()
     paths = driver.find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")

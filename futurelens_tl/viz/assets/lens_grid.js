@@ -277,6 +277,23 @@
           tip.appendChild(cont);
         }
       }
+      if (L.length > 1) {  // the other lenses at the same cell, compactly
+        var others = el("div", { "class": "fl-tt-others", "data-role": "other-lenses" });
+        L.forEach(function (o, oi) {
+          if (oi === li) return;
+          var line = el("div");
+          line.appendChild(el("span", { "class": "fl-tt-oname" }, o.name + ": "));
+          if (!o.available[r][p]) { line.appendChild(el("span", { "class": "fl-note" }, "not covered")); }
+          else {
+            for (var j = 0; j < Math.min(3, o.top_tokens[r][p].length); j++) {
+              line.appendChild(el("span", { "class": "fl-tok", "data-role": "pin-token", "data-token-id": o.top_ids[r][p][j], title: "click to pin" }, vis(o.top_tokens[r][p][j], 12)));
+              line.appendChild(el("span", { "class": "fl-note" }, " " + pct(o.top_probs[r][p][j]) + "  "));
+            }
+          }
+          others.appendChild(line);
+        });
+        tip.appendChild(others);
+      }
       tip.appendChild(el("div", { "class": "fl-tt-hint" }, st.frozen ? "pinned open \u00b7 click a token to pin it \u00b7 Esc or click the cell again to close" : "click the cell to pin its top-1 and keep this box open"));
       tip.hidden = false;
       tip.classList.toggle("fl-frozen", st.frozen);
