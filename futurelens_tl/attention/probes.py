@@ -192,17 +192,18 @@ def probe_heads(
     """
     if method not in ("logreg", "torch"):
         raise ValueError(f"method={method!r}; allowed 'logreg', 'torch'")
-    if features is None:
-        if tokens is None:
-            raise ValueError("give tokens or features")
-        features = head_features(model, tokens, positions, verbose=verbose)
     y = torch.as_tensor(labels).long().cpu().numpy()
-    n, L, H, d = features.shape
-    if len(y) != n:
-        raise ValueError(f"labels has {len(y)} entries but there are {n} examples")
+    n_in = len(features) if features is not None else (len(tokens) if tokens is not None else 0)
+    if features is None and tokens is None:
+        raise ValueError("give tokens or features")
+    if len(y) != n_in:
+        raise ValueError(f"labels has {len(y)} entries but there are {n_in} examples")
     classes = np.unique(y)
     if len(classes) < 2:
         raise ValueError("labels has a single class; probes need at least two")
+    if features is None:
+        features = head_features(model, tokens, positions, verbose=verbose)
+    n, L, H, d = features.shape
     g = None if groups is None else torch.as_tensor(groups).cpu().numpy()
     folds = _folds(n, g, n_folds, seed)
     X = features.numpy().astype(np.float64)
@@ -253,7 +254,7 @@ def _torch_logreg(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, C: float, s
     xt = torch.tensor(xtr, dtype=torch.float32)
     yt = torch.tensor(np.searchsorted(classes, ytr))
     lin = torch.nn.Linear(xt.shape[1], n_cls)
-    opt = torch.optim.LBFGS(lin.parameters(), max_iter=200)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=50, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
