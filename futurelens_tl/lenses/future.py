@@ -1174,66 +1174,78 @@ def _bucket_label(lo: float, hi: float) -> str:
     return f"{round(lo * 100)}-{round(hi * 100)}"
 
 
+def _stack_rows(lens: FutureLens, data: FutureLensData, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Sources of every (layer, example) pair as one row set (layer-major)."""
+    h = torch.cat([data.sources[data.layer_row(layer), idx] for layer in lens.layers])
+    lay = torch.tensor(lens.layers, dtype=torch.long).repeat_interleave(len(idx))
+    return h, lay
+
+
 def _teacher_forced_rows(lens: FutureLens, view: ModelView, data: FutureLensData, idx: Tensor,
                          ns: list[int], ks: tuple[int, ...], edges: list[float], bs: int,
                          verbose: bool) -> list[dict[str, Any]]:
+    """All (layer, example) rows of one N run together, in chunks of ``bs`` rows (§7)."""
     out = []
     kmax = max(ks)
-    cells = [(layer, n) for n in ns for layer in lens.layers]
-    for layer, n in progress(cells, verbose=verbose, desc=f"evaluate {lens.name}"):
+    nl, ne = len(lens.layers), len(idx)
+    h_rows, lay_rows = _stack_rows(lens, data, idx)
+    nt_rows = data.labels[idx].repeat(nl, 1)
+    for n in progress(ns, verbose=verbose, desc=f"evaluate {lens.name}"):
         tlp = data.target_logprobs(view, n, idx)
-        conf = tlp.max(-1).values.exp()
-        y = data.labels[idx, n].to(tlp.device)
-        h_all = data.sources[data.layer_row(layer), idx]
+        conf = tlp.max(-1).values.exp().cpu()
+        y = data.labels[idx, n].repeat(nl)
         hits_all, top1_all = [], []
-        for s in range(0, len(idx), bs):
-            h = h_all[s : s + bs].to(view.device)
-            lay = torch.full((h.shape[0],), layer, dtype=torch.long)
-            nt = data.labels[idx[s : s + bs]] if lens.is_prompt else None
-            logits = lens.rows_logits(h, lay, n, nt)
-            top = logits.float().topk(min(kmax, logits.shape[-1]), -1).indices
-            hits_all.append(top == y[s : s + bs, None].to(top.device))
+        for s in range(0, len(h_rows), bs):
+            h = h_rows[s : s + bs].to(view.device)
+            nt = nt_rows[s : s + bs] if lens.is_prompt else None
+            logits = lens.rows_logits(h, lay_rows[s : s + bs], n, nt)
+            top = logits.float().topk(min(kmax, logits.shape[-1]), -1).indices.cpu()
+            hits_all.append(top == y[s : s + bs, None])
             top1_all.append(top[:, 0])
-        hits = torch.cat(hits_all).cpu()
-        top1 = torch.cat(top1_all).to(tlp.device)
-        cum = hits.cumsum(-1).clamp(max=1).float()
-        base = dict(lens=lens.name, method=lens.method, layer=layer, n_ahead=n,
-                    mode="teacher_forced", token_fed=bool(lens.is_prompt and n >= 1),
-                    label_source=data.label_source, bucket=None, n=len(idx))
-        for k in ks:
-            out.append({**base, "metric": "precision", "k": k,
-                        "value": float(cum[:, min(k, cum.shape[1]) - 1].mean())})
-        surpr = -tlp.gather(1, top1[:, None])[:, 0]
-        out.append({**base, "metric": "surprisal", "k": None, "value": float(surpr.mean())})
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            m = (conf >= lo) & ((conf < hi) if hi < edges[-1] else (conf <= hi))
-            m = m.cpu()
-            out.append({**base, "metric": "precision", "k": 1, "bucket": _bucket_label(lo, hi),
-                        "n": int(m.sum()),
-                        "value": float(cum[m, 0].mean()) if m.any() else float("nan")})
+        hits = torch.cat(hits_all).view(nl, ne, -1)
+        top1 = torch.cat(top1_all).view(nl, ne)
+        cum_all = hits.cumsum(-1).clamp(max=1).double()
+        for i, layer in enumerate(lens.layers):
+            cum = cum_all[i]
+            base = dict(lens=lens.name, method=lens.method, layer=layer, n_ahead=n,
+                        mode="teacher_forced", token_fed=bool(lens.is_prompt and n >= 1),
+                        label_source=data.label_source, bucket=None, n=ne)
+            for k in ks:
+                out.append({**base, "metric": "precision", "k": k,
+                            "value": float(cum[:, min(k, cum.shape[1]) - 1].mean())})
+            surpr = -tlp.gather(1, top1[i].to(tlp.device)[:, None])[:, 0]
+            out.append({**base, "metric": "surprisal", "k": None,
+                        "value": float(surpr.double().mean())})
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                m = (conf >= lo) & ((conf < hi) if hi < edges[-1] else (conf <= hi))
+                out.append({**base, "metric": "precision", "k": 1,
+                            "bucket": _bucket_label(lo, hi), "n": int(m.sum()),
+                            "value": float(cum[m, 0].mean()) if m.any() else float("nan")})
     return out
 
 
 def _free_running_rows(lens: FutureLens, view: ModelView, data: FutureLensData, idx: Tensor,
                        ns: list[int], bs: int) -> list[dict[str, Any]]:
+    """Greedy continuation of all (layer, example) rows at once; ``match`` per N."""
     out = []
-    nmax = max(ns)
-    for layer in lens.layers:
-        h = data.sources[data.layer_row(layer), idx]
-        lay = torch.full((len(idx),), layer, dtype=torch.long)
-        if lens.is_prompt:
-            ids, _ = lens.rows_continuation(h, lay, nmax + 1, batch_size=bs)
-        else:
-            cols = {n: torch.cat([lens.rows_logits(h[s:s + bs].to(view.device), lay[s:s + bs], n)
-                                  .argmax(-1) for s in range(0, len(idx), bs)]) for n in ns}
-        for n in ns:
-            gen = ids[:, n] if lens.is_prompt else cols[n]
-            tlp = data.target_logprobs(view, n, idx)
-            match = (gen.cpu() == data.labels[idx, n]).float().mean()
-            surpr = -tlp.gather(1, gen.to(tlp.device)[:, None])[:, 0].mean()
+    nl, ne = len(lens.layers), len(idx)
+    h_rows, lay_rows = _stack_rows(lens, data, idx)
+    if lens.is_prompt:
+        ids, _ = lens.rows_continuation(h_rows, lay_rows, max(ns) + 1, batch_size=bs)
+        gen_by_n = {n: ids[:, n].cpu() for n in ns}
+    else:
+        gen_by_n = {n: torch.cat([lens.rows_logits(h_rows[s:s + bs].to(view.device),
+                                                   lay_rows[s:s + bs], n).argmax(-1).cpu()
+                                  for s in range(0, len(h_rows), bs)]) for n in ns}
+    for n in ns:
+        tlp = data.target_logprobs(view, n, idx)
+        gen = gen_by_n[n].view(nl, ne)
+        for i, layer in enumerate(lens.layers):
+            match = (gen[i] == data.labels[idx, n]).double().mean()
+            surpr = -tlp.gather(1, gen[i].to(tlp.device)[:, None])[:, 0].double().mean()
             base = dict(lens=lens.name, method=lens.method, layer=layer, n_ahead=n,
                         mode="free_running", token_fed=False, label_source=data.label_source,
-                        bucket=None, n=len(idx), k=None)
+                        bucket=None, n=ne, k=None)
             out.append({**base, "metric": "match", "value": float(match)})
             out.append({**base, "metric": "surprisal", "value": float(surpr)})
     return out
