@@ -140,9 +140,10 @@ def main(quick: bool = False) -> list[dict]:
     rows.append(dict(benchmark=bench, metric="context passes during training",
                      value=FORWARD_COUNTER.passes - passes_after_extract, unit="passes",
                      target="0", note="training reuses the cache"))
+    cache_mb = (data.sources.numel() + data.targets.numel()) * 4 / 1e6
     rows.append(dict(benchmark=bench, metric="peak RSS (process)", value=_peak_rss_mb(),
                      unit="MB", target="", note=f"{rss0:.0f} MB before extraction; "
-                     f"feature cache {data.sources.numel() * 4 / 1e6 + data.targets.numel() * 4 / 1e6:.1f} MB"))
+                     f"feature cache {cache_mb:.1f} MB"))
 
     lens = lenses["learned_prompt"]
     idx = data.indices("test")[: (12 if quick else 40)]
