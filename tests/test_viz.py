@@ -414,3 +414,12 @@ def test_circuitsvis_embedding_is_offline():
         H.assert_offline(obj.cdn_src)  # what str(obj) / online _repr_html_ would give
     with pytest.raises(TypeError, match="local_src"):
         circuitsvis_html(str(obj))
+
+
+def test_single_lens_grid_hides_diff(grid):
+    g = copy.deepcopy(grid)
+    g["lenses"] = g["lenses"][:1]
+    h = lens_grid_html(g)
+    assert "<label hidden>diff " in h
+    assert "<label>diff " in lens_grid_html(grid)
+    assert h.count('<td data-role="cell"') == len(g["rows"]) * len(g["tokens"])

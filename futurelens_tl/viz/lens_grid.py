@@ -536,7 +536,8 @@ def lens_grid_html(
     controls = (
         '<div class="fl-controls">'
         f'<label>colour <select data-role="color-mode">{options}</select></label>'
-        '<label>diff <select data-role="diff-a"><option value="">off</option>'
+        f'<label{"" if len(g["lenses"]) > 1 else " hidden"}>diff '
+        '<select data-role="diff-a"><option value="">off</option>'
         f'{lens_opts}</select> − <select data-role="diff-b">{lens_opts}</select></label>'
         f'<label><input type="checkbox" data-role="top-down"{" checked" if top_down else ""}>'
         " embed row on top</label>"
