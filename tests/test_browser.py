@@ -71,6 +71,15 @@ def _requests(drv) -> list[tuple[str, str]]:
     return out
 
 
+def _is_remote(url: str) -> bool:
+    return url.split(":", 1)[0].lower() in ("http", "https", "ws", "wss", "ftp")
+
+
+def _is_browser_ui(document_url: str) -> bool:
+    """Chromium's own pages (new-tab page etc.), not ours."""
+    return document_url.startswith(("chrome://", "chrome-untrusted://", "devtools://"))
+
+
 def _colors(drv) -> list[str]:
     return drv.execute_script(
         "return Array.from(document.querySelectorAll('[data-role=cell]:not(.fl-na)'))"
@@ -270,7 +279,7 @@ def test_lens_grid_in_headless_chromium(driver, tmp_path):
     ours = [u for doc, u in requests if doc == url or u == url]
     bad = [u for u in ours if not (u.startswith("data:") or u == url)]
     assert not bad, f"the page made network requests: {bad}"
-    remote = [u for _, u in requests if u.split(":", 1)[0] in ("http", "https", "ws", "wss")]
+    remote = [u for doc, u in requests if _is_remote(u) and not _is_browser_ui(doc)]
     assert not remote, f"network requests made while the page was open: {remote}"
     assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
 
@@ -329,8 +338,8 @@ def test_report_with_circuitsvis_renders_offline(driver, tmp_path):
     finally:
         driver.switch_to.default_content()
     requests = _requests(driver)
-    remote = [u for _, u in requests if not (u.startswith("data:") or u.startswith("file:")
-                                             or u.startswith("about:"))]
+    ours = [u for doc, u in requests if not _is_browser_ui(doc)]
+    remote = [u for u in ours if not u.startswith(("data:", "file:", "about:"))]
     assert not remote, f"network requests made: {remote}"
 
 
@@ -367,3 +376,18 @@ def test_fragment_inserted_like_jupyterlab_output(driver, tmp_path):
     cells[0].click()
     assert roots[1].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
     assert not roots[0].find_elements(By.CSS_SELECTOR, "[data-role=trajectory]")
+
+
+def test_network_check_catches_a_remote_reference(driver, tmp_path):
+    """Negative control: the request log does see a page that loads something remote."""
+    path = tmp_path / "remote.html"
+    # port 9 on localhost (discard): fails at once, never leaves the machine
+    path.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+                    "</body></html>", encoding="utf-8")
+    driver.get("about:blank")
+    time.sleep(0.3)
+    driver.get_log("performance")
+    driver.get(path.as_uri())
+    time.sleep(0.3)
+    urls = [u for _, u in _requests(driver)]
+    assert "http://127.0.0.1:9/x.png" in urls and any(_is_remote(u) for u in urls)
