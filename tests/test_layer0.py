@@ -135,6 +135,35 @@ def test_scores_differ_by_query_only_terms(kind, tmp_path):
         assert diff.masked_fill(~mask, 0).abs().max().item() > 1e-4
 
 
+def test_gpt_neo_no_attn_scale_no_qk_bias(tmp_path):
+    """GPT-Neo: no q/k bias but LN beta (so T_e, T_p exist) and no 1/sqrt(d') (ref §12.1)."""
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    tok = make_word_tokenizer(tmp_path, 61)
+    cfg = GPTNeoConfig(vocab_size=61, max_position_embeddings=16, hidden_size=32, num_layers=2,
+                       num_heads=4, attention_types=[[["global", "local"], 1]], window_size=8,
+                       intermediate_size=64, bos_token_id=0, eos_token_id=0)
+    hf = GPTNeoForCausalLM(cfg)
+    perturb_norms(hf)
+    assert hf.transformer.h[0].attn.attention.q_proj.bias is None
+    hf.save_pretrained(tmp_path / "neo")
+    tok.save_pretrained(tmp_path / "neo")
+    model = TransformerBridge.boot_transformers(str(tmp_path / "neo"), device="cpu")
+    model.eval()
+    view = as_view(model)
+    dec = decompose_first_layer(model)
+    assert dec.attn_scale == 1.0
+    x = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(0))
+    _, cache = view.run_with_cache(x, [PATTERN])
+    assert (dec.attention(x) - cache[PATTERN]).abs().max().item() < 1e-5
+    assert dec.terms(x[0])[TERM_NAMES.index("e")].abs().max() > 0  # beta W_Q != 0
+    with pytest.raises(ValueError, match="attn_scale"):
+        decompose_first_layer(model, attn_scale=0.0)
+    assert decompose_first_layer(model, attn_scale=2.0).attn_scale == 2.0
+
+
 def test_no_bias_model_has_zero_bias_terms(tmp_path):
     """RMSNorm without biases: b^QK = 0 so T_e = T_p = 0 (ref §12.1)."""
     model = native_bridge(normalization="RMS")

@@ -69,15 +69,24 @@ TERM_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 # ---------------------------------------------------------------------------------- helpers
+_UNSCALED_HF_ARCHITECTURES = frozenset({"GPTNeoForCausalLM"})
+
+
 def _attn_scale(view: Any) -> float:
-    """``sqrt(d_head)`` unless the config says otherwise (private; could move to ModelView).
+    """``sqrt(d_head)`` unless the model does not scale (private; could move to ModelView).
 
     Bridge configs store ``attn_scale = -1.0`` meaning "unset", which ``ModelView.attn_scale``
-    passes through; treat non-positive values as the default.
+    passes through; treat non-positive values as the default. TransformerLens 4.3 bridges around
+    Hugging Face GPT-Neo report ``use_attn_scale=True`` although the wrapped HF attention does
+    not scale (ref §12.1: "no 1/sqrt(d')"); the architecture name decides there.
     """
-    if not bool(getattr(view.cfg, "use_attn_scale", True)):
+    cfg = view.cfg
+    arch = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None)
+    if view.backend == "bridge" and arch in _UNSCALED_HF_ARCHITECTURES:
         return 1.0
-    s = getattr(view.cfg, "attn_scale", None)
+    if not bool(getattr(cfg, "use_attn_scale", True)):
+        return 1.0
+    s = getattr(cfg, "attn_scale", None)
     try:
         s = float(s) if s is not None else -1.0
     except (TypeError, ValueError):
@@ -1310,7 +1319,11 @@ def _contrib_one(
 
 # ---------------------------------------------------------------------------------- builders
 def decompose_first_layer(
-    model: Any, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+    model: Any,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    attn_scale: float | None = None,
 ) -> Layer0Decomposition:
     """Fold layer-0 norm and biases into per-head query/key weights, from weights alone.
 
@@ -1324,6 +1337,8 @@ def decompose_first_layer(
             ``ModelView``) with additive learned positions.
         dtype: Compute dtype of the stored tensors (float32 default; float64 for checks).
         device: Where to keep the tensors (default: the model's device).
+        attn_scale: Override the divisor of the attention logits (default: ``sqrt(d_head)``
+            from the config, 1 for models that do not scale such as GPT-Neo).
 
     Returns:
         :class:`Layer0Decomposition`.
@@ -1352,6 +1367,8 @@ def decompose_first_layer(
             "a family indexed by the offset i - j (reference layer0-decomposition.md §12.2); "
             "that relative-offset decomposition is not implemented yet."
         )
+    if attn_scale is not None and not (isinstance(attn_scale, (int, float)) and attn_scale > 0):
+        raise ValueError(f"attn_scale={attn_scale!r} must be a positive number or None")
     norm = view.ln1(0)
     if norm.kind not in ("LN", "RMS", None):  # pragma: no cover - NormParams restricts this
         raise ValueError(f"unsupported layer-0 norm {norm.kind!r}")
@@ -1379,7 +1396,9 @@ def decompose_first_layer(
     tk = view.tokenizer
     return Layer0Decomposition(
         W_Q=W_Q, W_K=W_K, b_Q=b_Q, b_K=b_K, W_E=W_E, W_pos=W_pos,
-        norm=norm.kind, eps=float(norm.eps), attn_scale=_attn_scale(view), basis=view.basis,
+        norm=norm.kind, eps=float(norm.eps),
+        attn_scale=float(attn_scale) if attn_scale is not None else _attn_scale(view),
+        basis=view.basis,
         fingerprint=view.fingerprint, tokenizer=tk,
         _to_tokens=view.to_tokens if tk is not None else None,
     )
