@@ -94,7 +94,7 @@ def main() -> None:
     print("\n§9.4 T_ee(iens -> u): ours (float32 sigma_bar) / ours (float16 sigma_bar) / "
           "published")
     for head, table in ((7, PUBLISHED_IENS_H7), (0, PUBLISHED_IENS_H0), (11, PUBLISHED_IENS_H11)):
-        s32 = dec.token_scores(10465, head)
+        s32 = dec.token_scores(10465, head).cpu()
         s16 = s32 * dec.sigma_stats()["sigma_bar"][10465] * dec.sigma_stats()["sigma_bar"]
         s16 = s16 / (sbar16[10465] * sbar16)
         for u, ref in table.items():

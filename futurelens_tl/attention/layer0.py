@@ -398,7 +398,7 @@ def _weighted_auroc_csr(
 
 
 # ---------------------------------------------------------------------------------- results
-@dataclass
+@dataclass(repr=False)
 class Layer0Contributions:
     """Per-term contributions to layer-0 attention (ref §7), averaged over documents.
 
@@ -419,6 +419,11 @@ class Layer0Contributions:
     n_docs: Int[Tensor, " pos"]
     scaled: bool
     term_names: tuple[str, ...] = TERM_NAMES
+
+    def __repr__(self) -> str:
+        t, h, n = self.loo.shape
+        return (f"Layer0Contributions(terms={list(self.term_names)}, heads={h}, positions={n}, "
+                f"documents={int(self.n_docs.max()) if n else 0}, scaled={self.scaled})")
 
     def to_dataframe(self) -> Any:
         """Long table: ``term, head, position, loo, integrated, total, n_docs``."""
@@ -488,7 +493,7 @@ def _display_html(html: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------- main
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Layer0Decomposition:
     """Folded layer-0 query/key weights and the analyses built on them (ref §2-§8).
 
@@ -524,6 +529,14 @@ class Layer0Decomposition:
     tokenizer: Any = field(default=None, repr=False)
     _to_tokens: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Layer0Decomposition(heads={self.n_heads}, d_head={self.d_head}, "
+            f"d_model={self.d_model}, vocab={self.d_vocab}, n_ctx={self.n_ctx}, "
+            f"norm={self.norm}, attn_scale={self.attn_scale:.4g}, basis={self.basis!r}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
 
     # ------------------------------------------------------------------ sizes and objects
     @property
