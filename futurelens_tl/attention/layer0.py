@@ -661,6 +661,7 @@ class Layer0Decomposition:
             ValueError: Ids outside the vocabulary, empty input or more than ``n_ctx`` tokens.
 
         Examples:
+            >>> import torch
             >>> import futurelens_tl as fl
             >>> dec = fl.decompose_first_layer(fl.toy_model())
             >>> dec.terms(torch.tensor([1, 2, 3])).shape[:2]
@@ -709,6 +710,7 @@ class Layer0Decomposition:
             ``[head, query, key]`` (one sequence) or ``[batch, head, query, key]``.
 
         Examples:
+            >>> import torch
             >>> import futurelens_tl as fl
             >>> dec = fl.decompose_first_layer(fl.toy_model())
             >>> bool(dec.attention(torch.tensor([1, 2, 3])).sum(-1).allclose(torch.ones(1)))
