@@ -496,7 +496,7 @@ def tag_heads(
                                             unigram_counts=counts, word_start=ws,
                                             verbose=verbose))
             if "subword_merge" in txt:
-                l0 = S.subword_merge_layer0(view)
+                l0 = S.subword_merge_layer0(view, td.tokens)
                 if l0 is not None:
                     results["subword_merge"].extras["layer0_detok_auroc"] = torch.cat(
                         [l0[None], torch.full((L - 1, H), float("nan"))])

@@ -451,9 +451,12 @@ def successor_scores(
 
 def copy_suppression_scores(
     view: ModelView, token_ids: Int[Tensor, " n"] | None = None, *, k: int = 10,
-    max_tokens: int = 2048, seed: int = 0,
+    max_tokens: int = 512, seed: int = 0, chunk: int = 64,
 ) -> RoleScore:
     """Copy-suppression OV and QK statistics with effective embeddings (McDougall et al., §4.3).
+
+    Tokens: ``token_ids`` or a seeded sample of ``max_tokens`` vocabulary ids; ranks are taken
+    within that sample.
 
     * OV (the score): fraction of source tokens ``s`` whose own logit, through the head's OV
       circuit and the final LN + ``W_U``, is among the ``k`` most negative outputs.
@@ -475,11 +478,15 @@ def copy_suppression_scores(
     idx = ids.to(view.device)
     with torch.no_grad():
         for layer in range(L):
-            o = _head_ov_out(view, layer, wee)
-            logits = view.unembed(view.ln_final(o))[..., idx]  # [n, H, n] restricted to the set
-            own = logits.diagonal(dim1=0, dim2=2).T  # [n, H]
-            rank_from_bottom = (logits < own[..., None]).sum(-1)  # [n, H]
-            ov[layer] = (rank_from_bottom < k).float().mean(0).cpu()
+            hits = torch.zeros(H)
+            for c0 in range(0, len(idx), chunk):  # [chunk, H, n] logits at a time
+                o = _head_ov_out(view, layer, wee[c0:c0 + chunk])
+                logits = view.unembed(view.ln_final(o))[..., idx]  # restricted to the sample
+                ar = torch.arange(logits.shape[0], device=logits.device)
+                own = logits[ar, :, c0 + ar]  # [chunk, H]
+                rank_from_bottom = (logits < own[..., None]).sum(-1)  # [chunk, H]
+                hits += (rank_from_bottom < k).float().sum(0).cpu()
+            ov[layer] = hits / len(idx)
             u = view.W_U[:, idx].T  # [n, d]
             un = view.ln1(layer)(u)
             q = torch.einsum("nm,hmd->nhd", un, view.W_Q[layer]) + view.b_Q[layer]
@@ -496,25 +503,25 @@ def copy_suppression_scores(
                      {"qk": qk, "chance": torch.full((L, H), min(1.0, k / n_tok))})
 
 
-def subword_merge_layer0(view: ModelView) -> Tensor | None:
-    """Per-head mean detokenization AUROC for layer 0 from ``attention/layer0.py`` if present.
+def subword_merge_layer0(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Tensor | None:
+    """Per-head mean detokenization AUROC of layer 0 (weights; ``layer0-decomposition.md`` §8).
 
-    Returns ``[n_heads]`` or ``None`` when the layer-0 module (or its function) is unavailable.
+    Calls :func:`futurelens_tl.attention.layer0.detokenization_scores` with the bigram counts of
+    ``tokens`` (used only to evaluate the weight-only score). Returns ``[n_heads]``, or None when
+    the layer-0 module is unavailable or does not apply (e.g. rotary positions).
     """
     try:
-        from futurelens_tl.attention import layer0  # noqa: PLC0415
-    except Exception:  # module not landed / import error
+        from futurelens_tl.attention.layer0 import (  # noqa: PLC0415
+            count_bigrams,
+            detokenization_scores,
+        )
+
+        counts = count_bigrams(tokens.cpu(), view.d_vocab, verbose=False)
+        res = detokenization_scores(view.model, counts)
+    except Exception:  # module not landed, or the decomposition does not apply to this model
         return None
-    for fname in ("detokenization_auroc", "detokenization_scores", "head_detokenization_auroc"):
-        fn = getattr(layer0, fname, None)
-        if fn is not None:
-            try:
-                res = fn(view.model)
-            except Exception:  # pragma: no cover - depends on the other module
-                return None
-            t = torch.as_tensor(getattr(res, "values", res), dtype=torch.float32).reshape(-1)
-            return t if t.numel() == view.n_heads else None
-    return None
+    t = torch.as_tensor(res, dtype=torch.float32).reshape(-1)
+    return t if t.numel() == view.n_heads else None
 
 
 # ---------------------------------------------------------------------------- causal scores
