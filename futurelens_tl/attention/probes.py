@@ -243,9 +243,10 @@ def probe_heads(
         diff = pos_m - neg_m
         dirs = diff / diff.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     chance = float(np.bincount(y - y.min()).max() / n)
-    return ProbeResult(torch.tensor(acc, dtype=torch.float32), torch.tensor(auc, dtype=torch.float32),
-                       dirs, chance, {"n_examples": n, "n_folds": n_folds, "seed": seed,
-                                      "method": method, "grouped": groups is not None})
+    return ProbeResult(torch.tensor(acc, dtype=torch.float32),
+                       torch.tensor(auc, dtype=torch.float32), dirs, chance,
+                       {"n_examples": n, "n_folds": n_folds, "seed": seed, "method": method,
+                        "grouped": groups is not None})
 
 
 def _torch_logreg(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, C: float, seed: int,

@@ -376,8 +376,10 @@ def copying_scores(view: ModelView) -> RoleScore:
 def effective_embeddings(
     view: ModelView, token_ids: Int[Tensor, " n"], batch_size: int = 1024
 ) -> Float[Tensor, "n d_model"]:
-    """$W_{EE}$: residual after block 0 for each lone token, positions and layer-0 attention
-    zero-ablated (reference §4.3), computed with hooks in batches (one forward per batch).
+    """Effective embeddings $W_{EE}$ (reference §4.3), batched with hooks.
+
+    The residual after block 0 for each lone token with positions and layer-0 attention
+    zero-ablated (one forward per batch of tokens).
     """
     out = []
     hooks: list[tuple[str, Callable[..., Any]]] = [
@@ -413,8 +415,9 @@ def successor_scores(
 ) -> RoleScore:
     """Successor score (Gould et al. 2023, reference §4.2).
 
-    Fraction of ordinal tokens ``t`` whose top-1 logit among ``t``'s family, through the head's effective OV circuit
-    (effective embedding -> LN1 -> OV -> final LN -> ``W_U``), is ``succ(t)``.
+    Fraction of ordinal tokens ``t`` whose top-1 logit among ``t``'s family, through the
+    head's effective OV circuit (effective embedding -> LN1 -> OV -> final LN -> ``W_U``),
+    is ``succ(t)``.
 
     The last member of each family has no successor and is skipped. No threshold is published
     (best head per model); we tag at 0.5 and record that.
