@@ -215,14 +215,15 @@ def test_fit_all_methods_and_evaluate_contract(model, data):
                        vocab_epochs=1, vocab_rank=4, verbose=False),
         FutureLens.fit(model, None, "fixed_prompt", data=data, verbose=False,
                        fixed_prompt="w1 w2 w3"),
-        FutureLens.fit(model, None, "learned_prompt", data=data, prompt_batch_size=8,
+        FutureLens.fit(model, None, "learned_prompt", data=data, prompt_batch_size=16,
                        prompt_epochs=2, prompt_lr=1e-2, verbose=False),
     ]
     lp = lenses[-1]
     hist = lp.training_summary["val_kl_history"]
     assert min(hist[1:]) <= hist[0]  # selected on validation, never worse than the init
     assert lp.token_fed and not lenses[0].token_fed
-    ev = FutureLens.evaluate_many(lenses, model, data=data, n_ahead=(0, 1, 2), verbose=False)
+    ev = FutureLens.evaluate_many(lenses, model, data=data, n_ahead=(0, 1, 2), verbose=False,
+                                  batch_size=64)
     df = ev.to_dataframe()
     assert set(df["mode"]) == {"teacher_forced", "free_running", "baseline"}
     assert set(df["label_source"]) == {"model_greedy"}
