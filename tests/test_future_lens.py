@@ -120,8 +120,13 @@ def test_transplant_into_identical_context_reproduces_distribution(model):
         torch.testing.assert_close(got2[0], logits_full[0, -1], atol=1e-4, rtol=1e-4)
 
 
-def test_learned_prompt_equal_to_embeddings_is_identity(model):
-    """A soft prompt equal to a context's token embeddings + own transplant = the model."""
+def test_learned_prompt_equal_to_embeddings_is_identity(any_model):
+    """A soft prompt equal to a context's token embeddings + own transplant = the model.
+
+    On every backend (native bridge, HF GPT-2 bridge, TL 3 HookedTransformer): the soft prompt
+    replaces the ``hook_embed`` output and positions are still added.
+    """
+    model = any_model
     view = fl.as_view(model)
     ctx = torch.tensor([3, 8, 21, 34, 55, 1, 12, 30, 40, 6])
     logits = view.forward(torch.cat([ctx, torch.tensor([11])])[None])
@@ -398,6 +403,11 @@ def test_bad_input(model, data):
         FutureLens(model, "learned_prompt", config=FutureLensConfig(prompt_length=0))
     with pytest.raises(ValueError, match="beyond what the data supports"):
         FutureLens.fit(model, None, "linear_hidden", n_ahead=(4,), data=data, verbose=False)
+    with pytest.raises(ValueError, match="beyond what the data supports"):
+        FutureLens.fit(model, None, "learned_prompt", data=data, train_n=(4,), verbose=False)
+    with pytest.raises(ValueError, match="beyond what the data supports"):
+        FutureLens.evaluate_many([FutureLens(model, "learned_prompt")], model, data=data,
+                                 n_ahead=(0, 4), verbose=False)
     with pytest.raises(ValueError, match="beyond what the data supports"):
         build_features(model, _windows(5, 5), n_max=3, verbose=False)
     with pytest.raises(ValueError, match="n_ctx"):

@@ -710,7 +710,7 @@ class FutureLens(Lens):
         view = as_view(model)
         view.freeze()
         lens = cls(model, method, layers, n_ahead, config=cfg, fixed_prompt=fixed)
-        n_needed = max(lens.n_aheads + (cfg.train_n if method == "learned_prompt" else ()))
+        n_needed = max(cfg.train_n if method == "learned_prompt" else lens.n_aheads)
         if method == "fixed_prompt":
             lens.basis, lens.fingerprint = view.basis, view.fingerprint
             lens.training_summary = {"method": method, "prompt": lens.prompt_text}
@@ -725,7 +725,8 @@ class FutureLens(Lens):
                 splits=cfg.splits, batch_size=cfg.feature_batch_size, seed=cfg.seed,
                 verbose=verbose)
         data.check_model(model)
-        for n in lens.n_aheads + (cfg.train_n if method == "learned_prompt" else ()):
+        # linear maps need labels for every N they serve; the learned prompt only for train_n
+        for n in (cfg.train_n if method == "learned_prompt" else lens.n_aheads):
             data.check_n(n)
         for layer in lens.layers:
             data.layer_row(layer)
