@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -592,3 +594,18 @@ def _decoder(view: ModelView) -> Any:
         return cache[i]
 
     return dec
+
+
+class _CallableModule(types.ModuleType):
+    """A module that calls :func:`compare`.
+
+    Importing ``futurelens_tl.compare`` binds the *module* to ``futurelens_tl.compare``,
+    shadowing the lazily exported function of the same name; a callable module makes
+    ``fl.compare(model, prompt, lenses)`` work whichever import happened first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> LensComparison:
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
