@@ -213,6 +213,20 @@ def test_planted_heads_tagged_exactly():
     assert tags.evidence["previous_token"]["seed"] == 0
 
 
+def test_save_load_round_trip(tmp_path):
+    m = planted_model("roles")
+    tags = tag_heads(m, roles=["previous_token", "induction", "copying"], n_examples=8,
+                     seq_len=30, thresholds={"copying": 0.2}, verbose=False)
+    path = tmp_path / "tags.safetensors"
+    tags.save(str(path))
+    back = type(tags).load(str(path))
+    assert torch.equal(back.scores, tags.scores) and back.roles == tags.roles
+    assert back.thresholds == tags.thresholds and back.evidence == tags.evidence
+    assert torch.equal(back.extras["induction"]["tl_mul"], tags.extras["induction"]["tl_mul"])
+    assert back.threshold_sources["copying"] == "user"
+    assert back.to_dataframe().equals(tags.to_dataframe())
+
+
 def test_one_forward_per_batch_for_pattern_roles():
     from futurelens_tl.data import FORWARD_COUNTER
 

@@ -264,6 +264,64 @@ class HeadTags:
             f.write(html)
         os.replace(tmp, path)
 
+    def save(self, path: str) -> None:
+        """Save as safetensors (scores, extras) + JSON header (roles, thresholds, evidence).
+
+        The write is atomic (temp file + ``os.replace``); :meth:`load` restores an equal object.
+        """
+        import json
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        tensors = {"scores": self.scores.contiguous()}
+        for r, ex in self.extras.items():
+            for k, v in ex.items():
+                tensors[f"extras/{r}/{k}"] = v.contiguous()
+        header = {
+            "format": "futurelens_tl.HeadTags", "version": 1, "roles": self.roles,
+            "thresholds": self.thresholds, "threshold_sources": self.threshold_sources,
+            "stages": self.stages, "evidence": self.evidence, "unavailable": self.unavailable,
+            "model_name": self.model_name, "n_forwards": self.n_forwards,
+            "seconds": self.seconds,
+        }
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"header": json.dumps(header, default=str)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str) -> HeadTags:
+        """Load a result written by :meth:`save`."""
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            if "header" not in meta:
+                raise ValueError(f"{path!r} is not a HeadTags file (no header)")
+            h = json.loads(meta["header"])
+            if h.get("format") != "futurelens_tl.HeadTags":
+                raise ValueError(f"{path!r} holds {h.get('format')!r}, not HeadTags")
+            scores = f.get_tensor("scores")
+            extras: dict[str, dict[str, Tensor]] = {}
+            for k in f.keys():
+                if k.startswith("extras/"):
+                    _, r, name = k.split("/", 2)
+                    extras.setdefault(r, {})[name] = f.get_tensor(k)
+        return cls(roles=h["roles"], scores=scores, thresholds=h["thresholds"],
+                   threshold_sources=h["threshold_sources"], stages=h["stages"],
+                   evidence=h["evidence"], extras=extras, unavailable=h["unavailable"],
+                   model_name=h["model_name"], n_forwards=h["n_forwards"],
+                   seconds=h["seconds"])
+
     def attention_view(self, model: Any, layer: int, head: int,
                        tokens: Int[Tensor, "..."] | str) -> Any:
         """One head's attention pattern via circuitsvis, its JS inlined (``local_src``; offline).
@@ -384,7 +442,7 @@ def tag_heads(
     model: Any,
     roles: str | Iterable[str] = "all",
     data: dict[str, Any] | None = None,
-    thresholds: dict[str, float] | None = None,
+    thresholds: dict[str, Any] | None = None,
     *,
     n_examples: int = 32,
     seq_len: int | None = None,

@@ -201,7 +201,7 @@ def _cache_site(view: ModelView, tokens: Tensor, site: str) -> tuple[Tensor, dic
 def score_heads(
     model: Any,
     clean: Int[Tensor, "batch pos"],
-    corrupted: Int[Tensor, "batch pos"] | None = None,
+    corrupted: Int[Tensor, "cbatch cpos"] | None = None,
     metric: Metric | None = None,
     *,
     method: str = "denoise",

@@ -147,7 +147,7 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
 def probe_heads(
     model: Any,
     tokens: Int[Tensor, "batch pos"] | None,
-    labels: Int[Tensor, " batch"],
+    labels: Int[Tensor, " n_labels"],
     *,
     positions: int | Int[Tensor, " batch"] = -1,
     groups: Int[Tensor, " batch"] | None = None,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from futurelens_tl.attention.datasets import ProbeData
@@ -89,7 +89,7 @@ def previous_mask(n: int, device: torch.device | None = None) -> Bool[Tensor, "p
 
 def tl_detection_score(
     pattern: Float[Tensor, "batch head pos pos"],
-    detection: Float[Tensor, "batch pos pos"],
+    detection: Shaped[Tensor, "batch pos pos"],
     *,
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
@@ -135,7 +135,7 @@ class _Acc:
         self.sum = {k: torch.zeros(n_layers, n_heads, dtype=torch.float64) for k in names}
         self.cnt = {k: torch.zeros(n_layers, n_heads, dtype=torch.float64) for k in names}
 
-    def add(self, name: str, layer: int, total: Tensor, count: Tensor | float) -> None:
+    def add(self, name: str, layer: int, total: Tensor, count: Tensor | float | int) -> None:
         self.sum[name][layer] += total.detach().double().cpu()
         self.cnt[name][layer] += (count.detach().double().cpu() if isinstance(count, Tensor)
                                   else float(count))
@@ -153,7 +153,7 @@ def pattern_scores(
     *,
     roles: Sequence[str] = PATTERN_ROLES_SYNTHETIC,
     batch_size: int = 16,
-    unigram_counts: Float[Tensor, " d_vocab"] | None = None,
+    unigram_counts: Shaped[Tensor, " d_vocab"] | None = None,
     word_start: Bool[Tensor, " d_vocab"] | None = None,
     tl_options: dict[str, Any] | None = None,
     verbose: bool = True,
