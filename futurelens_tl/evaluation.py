@@ -66,6 +66,9 @@ class LensEvaluation:
         for c in ("layer", "k", "n_ahead", "n"):
             self.table[c] = pd.to_numeric(self.table[c]).astype("Int64")
         self.table["value"] = self.table["value"].astype(float)
+        for c in ("lens", "method", "metric", "mode", "label_source", "bucket"):
+            col = self.table[c].astype(object)
+            self.table[c] = col.where(col.notna(), None)
 
     # ------------------------------------------------------------------ tables
     def to_dataframe(self) -> Any:
