@@ -246,3 +246,21 @@ def test_bad_arguments(model):
         lens.train_on(_windows(view), batch_size=0)
     with pytest.raises(ValueError, match="optimizer"):
         lens.train_on(_windows(view), optimizer="lbfgs")
+
+
+def test_toy_tuned_beats_logit_lens_every_layer_but_last():
+    try:
+        from futurelens_tl.toy import CHECKPOINT_DIR, toy_texts
+    except ImportError:
+        pytest.skip("futurelens_tl.toy is not available")
+    if not CHECKPOINT_DIR.exists():  # never train the toy model inside a test
+        pytest.skip("the toy checkpoint is not committed")
+    model = fl.toy_model(verbose=False)
+    train = fl.token_windows(model, toy_texts("train"), length=64)
+    test = fl.token_windows(model, toy_texts("test"), length=64, max_windows=16)
+    lens = fl.TunedLens.fit(model, train, tokens=64 * 8 * 6, verbose=False, seed=0)
+    kl = kl_per_layer(model, [fl.LogitLens(model), lens], test)
+    L = as_view(model).n_layers
+    for layer in range(-1, L - 1):
+        assert kl["tuned"][layer] < kl["logit"][layer], (layer, kl)
+    assert kl["tuned"][L - 1] == pytest.approx(kl["logit"][L - 1], abs=1e-6)
