@@ -330,6 +330,28 @@ def test_datasets_deterministic_and_varied():
         n, p = int(n), int(p)
         assert torch.equal(row[1 + p:1 + p + n], row[1 + p + n:])
     assert not torch.equal(a.tokens, repeated_tokens(8, 30, 100, seed=4).tokens)
+    four = repeated_tokens(3, 41, 200, seed=0, n_repeats=4, min_repeat=10, max_repeat=10)
+    assert torch.equal(four.tokens[:, 1:11], four.tokens[:, 31:41])
+
+
+def test_induction_score_is_prefix_matching_on_four_repeats():
+    """PM(h) = 1/(3L) sum_{j>L} sum_k A[j, kL + (j mod L) + 1] (reference §3.5, quirk fixed)."""
+    Lr = 10
+    d = repeated_tokens(1, 4 * Lr + 1, 200, seed=0, n_repeats=4, min_repeat=Lr, max_repeat=Lr)
+    n = 4 * Lr + 1
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(1, 1, n, n, generator=g).tril()
+    A = A / A.sum(-1, keepdim=True)
+    pm = 0.0
+    for j in range(Lr + 1, n):  # queries of repeats 2-4 (1-based positions after BOS)
+        jj = j - 1  # 0-based index inside r-sequence
+        for k in range(jj // Lr):
+            pm += float(A[0, 0, j, k * Lr + (jj % Lr) + 2])
+    pm /= 3 * Lr
+    D = S.induction_mask(d.tokens)
+    elig = D.any(-1)[0]
+    ours = (A[0, 0] * D[0].float()).sum(-1)[elig].mean()
+    assert ours.item() == pytest.approx(pm, abs=1e-6)
     d = duplicate_tokens(4, 20, 100, seed=0)
     assert bool(S.duplicate_mask(d.tokens).any())
     h = haystack_prompts(3, 30, 100, seed=0, needle_len=5, cue_len=2)

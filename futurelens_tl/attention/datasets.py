@@ -92,6 +92,7 @@ def repeated_tokens(
     min_repeat: int | None = None,
     max_repeat: int | None = None,
     exclude: Sequence[int] = (),
+    n_repeats: int = 2,
 ) -> ProbeData:
     """``[BOS] + prefix + r + r`` with varied repeat length ``|r|`` and prefix length.
 
@@ -110,6 +111,9 @@ def repeated_tokens(
         min_repeat: Shortest repeat.
         max_repeat: Longest repeat.
         exclude: Further ids never drawn.
+        n_repeats: Copies of ``r`` (2 by default; 4 gives the prefix-matching dataset of
+            Olsson/Bansal et al., on which the induction score *is* the prefix-matching score
+            with unique tokens, without the reference code's end-of-repeat quirk).
 
     Returns:
         ProbeData with ``meta["repeat_len"]`` and ``meta["prefix_len"]`` (``[n]`` tensors).
@@ -126,33 +130,36 @@ def repeated_tokens(
     _check_int("n", n, 1)
     _check_int("length", length, 5)
     _check_int("d_vocab", d_vocab, 4)
-    lo = min_repeat if min_repeat is not None else max(2, length // 4)
-    hi = max_repeat if max_repeat is not None else (length - 1) // 2
-    if not 2 <= lo <= hi <= (length - 1) // 2:
+    _check_int("n_repeats", n_repeats, 2)
+    cap = (length - 1) // n_repeats
+    lo = min_repeat if min_repeat is not None else max(2, length // (2 * n_repeats))
+    hi = max_repeat if max_repeat is not None else cap
+    if not 2 <= lo <= hi <= cap:
         raise ValueError(
             f"repeat lengths min_repeat={lo}, max_repeat={hi} must satisfy 2 <= min <= max <= "
-            f"(length-1)//2 = {(length - 1) // 2} for length={length}."
+            f"(length-1)//n_repeats = {cap} for length={length}, n_repeats={n_repeats}."
         )
     g = torch.Generator().manual_seed(seed)
     pool = _pool(d_vocab, bos, exclude)
     rows, rep, pre = [], [], []
     for _ in range(n):
         r_len = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        p_len = length - 1 - 2 * r_len
+        p_len = length - 1 - n_repeats * r_len
         need = p_len + r_len
         if need <= len(pool):
             ids = pool[torch.randperm(len(pool), generator=g)[:need]]
         else:
             ids = pool[torch.randint(len(pool), (need,), generator=g)]
         prefix, r = ids[:p_len], ids[p_len:]
-        rows.append(torch.cat([torch.tensor([bos]), prefix, r, r]))
+        rows.append(torch.cat([torch.tensor([bos]), prefix, *([r] * n_repeats)]))
         rep.append(r_len)
         pre.append(p_len)
     return ProbeData(
         torch.stack(rows),
         "repeated_tokens",
         seed,
-        {"n": n, "length": length, "min_repeat": lo, "max_repeat": hi, "d_vocab": d_vocab},
+        {"n": n, "length": length, "min_repeat": lo, "max_repeat": hi, "d_vocab": d_vocab,
+         "n_repeats": n_repeats},
         {"repeat_len": torch.tensor(rep), "prefix_len": torch.tensor(pre)},
     )
 
