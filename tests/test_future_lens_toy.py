@@ -26,25 +26,24 @@ def _toy():
 
 
 def entity_sources(model, windows: torch.Tensor, entities: list[str], n_max: int):
-    """(window, T) pairs with x_T inside an entity and x_{T+1..T+2} in the same entity."""
+    """(window, T) pairs where an entity starts at T + 1.
+
+    N = 0 is then the entity's first word and N >= 1 its later words (or what follows a
+    two-word entity): the multi-token entity must be anticipated from ``h_T``.
+    """
     tok = fl.as_view(model).tokenizer
     pairs = set()
     width = windows.shape[1]
     for e in entities:
-        for variant in (" " + e, e):
-            ids = torch.tensor(tok(variant, add_special_tokens=False)["input_ids"])
-            m = len(ids)
-            if m < 3:
-                continue
-            hits = (windows.unfold(1, m, 1) == ids).all(-1).nonzero().tolist()
-            for w, s in hits:
-                for t in range(s, s + m - 2):
-                    if 1 <= t <= width - 2 - n_max:
-                        pairs.add((w, t))
+        ids = torch.tensor(tok(" " + e, add_special_tokens=False)["input_ids"])
+        hits = (windows.unfold(1, len(ids), 1) == ids).all(-1).nonzero().tolist()
+        for w, s in hits:
+            if 1 <= s - 1 <= width - 2 - n_max:
+                pairs.add((w, s - 1))
     return sorted(pairs)
 
 
-def _run(n_train_docs: int, layers, epochs: int, n_eval: int):
+def _run(n_train_docs: int, layers, epochs: int, n_eval_docs: int):
     from futurelens_tl.data import token_windows
     from futurelens_tl.toy import toy_corpus
 
@@ -53,10 +52,10 @@ def _run(n_train_docs: int, layers, epochs: int, n_eval: int):
     data = build_features(model, train_texts, n_max=2, window=64, contexts_per_window=6,
                           layers=layers, verbose=False, seed=0, splits=(0.9, 0.1, 0.0),
                           batch_size=64)
-    held = toy_corpus(n_docs=60, seed=0, doc_seed=4242)
+    held = toy_corpus(n_docs=n_eval_docs, seed=0, doc_seed=4242)  # same world, new documents
     windows = token_windows(model, held.texts, length=64)
-    pairs = entity_sources(model, windows, held.entities, 2)[:n_eval]
-    assert len(pairs) >= 40, "the held-out corpus should contain entity positions"
+    pairs = entity_sources(model, windows, held.entities, 2)
+    assert len(pairs) >= 30, "the held-out corpus should contain entity positions"
     test = build_features(model, windows, n_max=2, positions=pairs, layers=layers,
                           verbose=False, splits=(0.0, 0.0, 1.0), batch_size=64)
     test.bigram_tokens = data.bigram_tokens  # bigram counted on the training corpus
@@ -80,20 +79,20 @@ def _check(df):
     lp1 = _p1(df, "learned_prompt", 1)
     bigram = float(df[(df["mode"] == "baseline") & (df.k == 1)].value.iloc[0])
     best = lp1.idxmax()
-    assert lp1.max() >= bigram + 0.10, (lp1.to_dict(), bigram)
+    assert lp1.max() >= bigram + 0.15, (lp1.to_dict(), bigram)
     for n in (1, 2):
         assert _p1(df, "learned_prompt", n)[best] >= _p1(df, "linear_hidden", n).max() - 0.02
     return best, float(lp1.max()), bigram
 
 
 def test_learned_prompt_beats_bigram_on_entities_quick():
-    """Default-tier variant: two layers, a short run."""
-    df, _, _ = _run(n_train_docs=120, layers=[1, 2], epochs=2, n_eval=150)
+    """Default-tier variant: block 0 only, a short run (the full sweep is the slow test)."""
+    df, _, _ = _run(n_train_docs=30, layers=[0], epochs=1, n_eval_docs=60)
     _check(df)
 
 
 @pytest.mark.slow
 def test_learned_prompt_beats_bigram_on_entities_all_layers():
-    df, lp, _ = _run(n_train_docs=400, layers=None, epochs=3, n_eval=400)
+    df, lp, _ = _run(n_train_docs=300, layers=None, epochs=2, n_eval_docs=300)
     best, p1, bigram = _check(df)
     assert lp.training_summary["data"]["label_source"] == "model_greedy"
