@@ -422,3 +422,26 @@ def test_unavailable_roles_are_explained():
     assert torch.isnan(tags.score("rare_words")).all()
     assert tags.tagged("rare_words") == []
     assert "unavailable" in tags.summary().columns
+
+
+def test_pattern_scores_match_cached_patterns_on_every_backend(any_model):
+    """Previous/sink/induction scores equal direct reductions of TL's own cached patterns."""
+    view = fl.ModelView(any_model)
+    data = repeated_tokens(4, 21, view.d_vocab, seed=5)
+    res = S.pattern_scores(view, data, roles=["previous_token", "attention_sink", "induction"],
+                           batch_size=3, verbose=False)
+    names = [view.attn_hook(layer, "pattern") for layer in range(view.n_layers)]
+    _, cache = view.run_with_cache(data.tokens, names)
+    D = S.induction_mask(data.tokens).float()
+    elig = D.any(-1)
+    for layer, name in enumerate(names):
+        a = cache[name].float()
+        prev = a.diagonal(-1, -2, -1).mean((0, 2))
+        sink = a[:, :, 1:, 0].mean((0, 2))
+        ind = (a * D[:, None]).sum(-1).permute(1, 0, 2)[:, elig].mean(-1)
+        torch.testing.assert_close(res["previous_token"].scores[layer], prev, atol=1e-5, rtol=0)
+        torch.testing.assert_close(res["attention_sink"].scores[layer], sink, atol=1e-5, rtol=0)
+        torch.testing.assert_close(res["induction"].scores[layer], ind, atol=1e-5, rtol=0)
+    tags = tag_heads(any_model, roles=["copying", "copy_suppression", "retrieval"],
+                     n_examples=4, seq_len=24, verbose=False)
+    assert torch.isfinite(tags.scores).all()
