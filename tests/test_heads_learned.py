@@ -66,7 +66,7 @@ def _train(tmp_path, steps: int, lm_weight: float, stop_lm: float | None = None,
 
 
 def test_learned_previous_token_head(tmp_path):
-    model = _train(tmp_path, steps=150, lm_weight=0.0)
+    model = _train(tmp_path, steps=100, lm_weight=0.0)
     tags = tag_heads(model, roles=["previous_token", "induction", "positional"], n_examples=32,
                      seq_len=L, verbose=False)
     prev = tags.tagged("previous_token")
