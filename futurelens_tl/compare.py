@@ -126,7 +126,7 @@ class LensReadouts:
 
 
 # ---------------------------------------------------------------------- validation helpers
-def _as_lenses(lenses: Lens | Sequence[Lens], view: ModelView) -> list[Lens]:
+def _as_lenses(lenses: Any, view: ModelView) -> list[Lens]:
     if isinstance(lenses, Lens):
         lenses = [lenses]
     if not isinstance(lenses, (list, tuple)) or not lenses:
@@ -260,7 +260,7 @@ def _targets_for(tokens: Tensor, positions: list[int], n_ahead: int,
 def run_with_lenses(
     model: Any,
     tokens: Int[Tensor, "batch pos"] | str | Sequence[str],
-    lenses: Lens | Sequence[Lens],
+    lenses: Any,
     *,
     positions: int | Sequence[int] | None = None,
     top_k: int = 10,
@@ -439,7 +439,7 @@ def _row_label(layer: int) -> str:
 def compare(
     model: Any,
     prompt: str | Int[Tensor, "..."],
-    lenses: Lens | Sequence[Lens],
+    lenses: Any,
     *,
     k: int = 5,
     layers: Sequence[int] | None = None,

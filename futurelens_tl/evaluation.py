@@ -279,7 +279,7 @@ def evaluate(
     batch_size: int = 8,
     baseline: bool = True,
     baseline_texts: str | Sequence[str] | Tensor | None = None,
-    buckets: Sequence[float] | None = None,
+    buckets: Sequence[Any] | None = None,
     verbose: bool = True,
     **kwargs: Any,
 ) -> LensEvaluation:

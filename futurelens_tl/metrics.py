@@ -160,7 +160,7 @@ def cross_entropy(
 
 
 def kl_divergence(
-    p_log: Float[Tensor, "... vocab"], q_log: Float[Tensor, "... vocab"]
+    p_log: Float[Tensor, "... vocab"], q_log: Float[Tensor, "..."]
 ) -> Float[Tensor, "..."]:
     """``KL(p || q)`` summed over the vocabulary (nats); inputs are logits or log-probs.
 
@@ -195,7 +195,7 @@ def entropy(log_probs: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
 
 
 def topk_agreement(
-    a: Float[Tensor, "... vocab"], b: Float[Tensor, "... vocab"], k: int = 1
+    a: Float[Tensor, "... vocab"], b: Float[Tensor, "..."], k: int = 1
 ) -> Float[Tensor, "..."]:
     """Overlap of the top-k token sets of two distributions: ``|topk(a) ∩ topk(b)| / k``.
 
@@ -289,7 +289,7 @@ class NgramBaseline:
         c = c + self.add_k
         return c / c.sum().clamp_min(1e-300)
 
-    def predict_log_probs(self, context: Int[Tensor, "... m"] | Sequence[int]) -> Tensor:
+    def predict_log_probs(self, context: Int[Tensor, "..."] | Sequence[int]) -> Tensor:
         """Log-probs ``[..., vocab]`` of the next token after each context of ``n - 1`` tokens.
 
         ``context`` is a ``[..., n-1]`` tensor; for a bigram it is ``[...]`` (the previous
@@ -357,9 +357,9 @@ class NgramBaseline:
 
 # ---------------------------------------------------------------------- buckets
 def confidence_buckets(
-    confidence: Float[Tensor, "..."] | Any,
-    hits: Tensor | Any,
-    edges: Sequence[float] = (0.0, 0.3, 0.6, 0.9, 1.0),
+    confidence: Any,
+    hits: Any,
+    edges: Sequence[Any] = (0.0, 0.3, 0.6, 0.9, 1.0),
 ) -> Any:
     """Precision per confidence bucket (future-lens.md §4.1: confidence = max P_model).
 
