@@ -319,10 +319,13 @@ def run_with_lenses(
     V = view.d_vocab
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
-        src = pos_t + n
-        ok = src < T
-        f = final_lp_full[:, src.clamp_max(T - 1)]
-        f = torch.where(ok[None, :, None], f, torch.full_like(f, math.nan)).reshape(-1, V)
+        if n == 0 and pos == list(range(T)):
+            f = final_lp_full.reshape(-1, V)  # a view: no [batch, pos, vocab] copy
+        else:
+            src = pos_t + n
+            ok = src < T
+            f = final_lp_full[:, src.clamp_max(T - 1)]
+            f = torch.where(ok[None, :, None], f, torch.full_like(f, math.nan)).reshape(-1, V)
         tgt = _targets_for(toks, pos, n, targets)
         tflat = None if tgt is None else tgt.reshape(-1)
         data[lens.name] = {}
