@@ -438,9 +438,9 @@ def successor_scores(
     with torch.no_grad():
         for layer in range(L):
             o = _head_ov_out(view, layer, wee)  # [n, H, d]
-            logits = view.unembed(view.ln_final(o))  # [n, H, V]
+            normed = view.ln_final(o)
             for f in fams:
-                sub = logits[:, :, f]  # [n, H, |f|]
+                sub = normed @ view.W_U[:, f] + view.b_U[f]  # [n, H, |f|] family columns only
                 for k, t in enumerate(f[:-1]):
                     top = sub[pos[t]].argmax(-1)  # [H]
                     hits[layer] += (top == k + 1).float().cpu()
@@ -479,12 +479,13 @@ def copy_suppression_scores(
     ov = torch.zeros(L, H)
     qk = torch.zeros(L, H)
     idx = ids.to(view.device)
+    wu_s, bu_s = view.W_U[:, idx], view.b_U[idx]
     with torch.no_grad():
         for layer in range(L):
             hits = torch.zeros(H)
             for c0 in range(0, len(idx), chunk):  # [chunk, H, n] logits at a time
                 o = _head_ov_out(view, layer, wee[c0:c0 + chunk])
-                logits = view.unembed(view.ln_final(o))[..., idx]  # restricted to the sample
+                logits = view.ln_final(o) @ wu_s + bu_s  # only the sampled columns
                 ar = torch.arange(logits.shape[0], device=logits.device)
                 own = logits[ar, :, c0 + ar]  # [chunk, H]
                 rank_from_bottom = (logits < own[..., None]).sum(-1)  # [chunk, H]
