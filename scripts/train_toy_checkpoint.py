@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     ap.add_argument("--out", default=str(CHECKPOINT_DIR))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--repeat-frac", type=float, default=0.0,
+                    help="fraction of rows that are repeated random-token spans")
     ap.add_argument("--init-from", default=None,
                     help="continue from this checkpoint (a second training phase)")
     args = ap.parse_args(argv)
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
     )
     meta = train_toy(cfg, args.out, verbose=not args.quiet, dtype=getattr(torch, args.dtype),
-                     num_threads=args.threads, init_from=args.init_from)
+                     num_threads=args.threads, init_from=args.init_from,
+                     repeat_frac=args.repeat_frac)
     print(json.dumps(meta["stats"], indent=1))
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
     print(f"checkpoint {args.out}: {size / 1e6:.2f} MB")

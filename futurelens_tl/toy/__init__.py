@@ -53,6 +53,8 @@ __all__ = [
     "ToyConfig",
     "ToyCorpus",
     "entity_positions",
+    "load_toy_checkpoint",
+    "make_entities",
     "toy_checkpoint_path",
     "toy_corpus",
     "toy_model",

@@ -141,16 +141,47 @@ def token_stream(tokenizer: Any, seed: int, doc_seed: int, chunk: int = 256) -> 
 
 
 def batches(
-    tokenizer: Any, cfg: ToyConfig, doc_seed: int
+    tokenizer: Any,
+    cfg: ToyConfig,
+    doc_seed: int,
+    repeat_frac: float = 0.0,
+    rng_seed: int = 0,
+    skip_tokens: int = 0,
+    counter: dict[str, int] | None = None,
 ) -> Iterator[Int[Tensor, "batch pos"]]:
-    """Endless ``[batch, n_ctx]`` windows; every window starts with BOS (as TL prepends it)."""
+    """Endless ``[batch, n_ctx]`` windows; every window starts with BOS (as TL prepends it).
+
+    With ``repeat_frac > 0`` that fraction of rows (drawn from a generator seeded with
+    ``rng_seed``) is a repeated random-token row instead: BOS, 0-40 corpus tokens, then a random
+    span of 4-30 merged BPE tokens repeated until the window is full. The span length varies
+    between rows, so only content-based copying (induction), not a fixed-offset positional head,
+    lowers the loss (reference ``head-roles.md`` §7a). ``skip_tokens`` corpus tokens are skipped
+    first; ``counter["tokens"]`` counts the corpus tokens consumed.
+    """
     stream = token_stream(tokenizer, cfg.seed, doc_seed)
+    for _ in range(skip_tokens):
+        next(stream)
+    counter = {} if counter is None else counter
+    counter.setdefault("tokens", 0)
     bos = int(tokenizer.bos_token_id)
     n = cfg.n_ctx - 1
+    g = torch.Generator().manual_seed(rng_seed)
+    lo = min(257, cfg.vocab_size - 1)
     while True:
         rows = []
         for _ in range(cfg.batch_size):
+            if repeat_frac > 0 and float(torch.rand((), generator=g)) < repeat_frac:
+                pre = int(torch.randint(0, 41, (), generator=g))
+                L = int(torch.randint(4, 31, (), generator=g))
+                span = torch.randint(lo, cfg.vocab_size, (L,), generator=g).tolist()
+                body = [next(stream) for _ in range(pre)]
+                counter["tokens"] += pre
+                while len(body) < n:
+                    body += span
+                rows.append([bos] + body[:n])
+                continue
             body = [next(stream) for _ in range(n)]
+            counter["tokens"] += n
             rows.append([bos] + body)
         yield torch.tensor(rows, dtype=torch.long)
 
@@ -289,6 +320,7 @@ def train_toy(
     dtype: torch.dtype = torch.float32,
     num_threads: int | None = 2,
     init_from: str | os.PathLike | None = None,
+    repeat_frac: float = 0.0,
 ) -> dict[str, Any]:
     """Train a toy model and write its checkpoint directory atomically.
 
@@ -308,6 +340,8 @@ def train_toy(
             tokenizer): a new phase of ``cfg.steps`` steps with a fresh optimizer and schedule,
             on the documents that follow those the earlier phases consumed. The metadata
             records every phase (``stats.phases``) and the total steps and tokens.
+        repeat_frac: Fraction of training rows replaced by repeated random-token rows (an
+            induction curriculum; see :func:`batches`). 0 for the pure corpus.
 
     Returns:
         The metadata written to ``futurelens_toy.json``.
@@ -349,8 +383,10 @@ def train_toy(
             )
             if [m for m in missing if "lm_head" not in m]:
                 raise ValueError(f"init_from checkpoint lacks weights: {missing}")
+        if not 0.0 <= repeat_frac < 1.0:
+            raise ValueError(f"repeat_frac={repeat_frac!r} must be in [0, 1).")
         phases.append({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-                       "warmup": cfg.warmup})
+                       "warmup": cfg.warmup, "repeat_frac": repeat_frac})
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
         opt = torch.optim.AdamW(
@@ -358,9 +394,14 @@ def train_toy(
              {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(0.9, 0.98),
         )
-        data = batches(tok, cfg, cfg.seed)
-        for _ in range(done_steps):  # continue on the documents after earlier phases
-            next(data)
+        # continue on the corpus documents after those the earlier phases consumed
+        done_tokens = sum(
+            ph.get("stream_tokens", ph["steps"] * ph["batch_size"] * (cfg.n_ctx - 1))
+            for ph in phases[:-1]
+        )
+        counter: dict[str, int] = {}
+        data = batches(tok, cfg, cfg.seed, repeat_frac, rng_seed=cfg.seed * 7919 + done_steps,
+                       skip_tokens=done_tokens, counter=counter)
         model.train()
         bar = progress(range(cfg.steps), verbose=verbose, desc="training toy model")
         ema = None
@@ -379,6 +420,7 @@ def train_toy(
                 bar.set_postfix(loss=f"{ema:.3f}")
         train_time = time.time() - t0
         phases[-1]["time_s"] = round(train_time, 1)
+        phases[-1]["stream_tokens"] = counter["tokens"]
         model.eval()
         heldout = evaluate_loss(model, tok, cfg)
         base = baseline_losses(tok, cfg, n_train_docs=cfg.tokenizer_docs,
