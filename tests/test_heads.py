@@ -252,6 +252,11 @@ def test_show_offline_and_hover():
         assert_offline = None
     if assert_offline is not None:
         assert_offline(html)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = tags.plot()
+    assert fig.axes[0].get_xlabel() == "head"
     av = tags.attention_view(m, 0, 0, repeated_tokens(1, 12, D_VOCAB, seed=0).tokens)
     assert "cdn" not in av.data.lower() and "unpkg" not in av.data.lower()
     if assert_offline is not None:

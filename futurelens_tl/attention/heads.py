@@ -245,6 +245,12 @@ class HeadTags:
             notes={r: self.unavailable[r] for r in self.unavailable},
         )
 
+    def plot(self) -> Any:
+        """The role grid as a matplotlib figure (colour = dominant tagged role)."""
+        from futurelens_tl.viz.heads import role_grid_figure
+
+        return role_grid_figure(self.scores.numpy(), self.roles, self.dominant())
+
     def show(self) -> Any:
         """Layer x head grid coloured by dominant tagged role, all scores on hover (offline)."""
         return _HTMLBox(self._grid_html())
