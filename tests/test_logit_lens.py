@@ -10,6 +10,11 @@ import futurelens_tl as fl
 from futurelens_tl.model import as_view
 
 
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    return hf_gpt2_bridge(tmp_path_factory.mktemp("gpt2"))
+
+
 def _tokens(view, n=2, T=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, view.d_vocab, (n, T), generator=g)
@@ -25,9 +30,9 @@ def test_last_layer_equals_model_logits(any_model):
     assert torch.allclose(lp, torch.log_softmax(logits.float(), -1), atol=1e-5)
 
 
-def test_recomputes_statistics_per_layer(tmp_path):
+def test_recomputes_statistics_per_layer(gpt2):
     """Early layers read with the *cached final* scale would differ: we must not."""
-    model = hf_gpt2_bridge(tmp_path)
+    model = gpt2
     view = as_view(model)
     toks = _tokens(view)
     _, cache = view.run_with_cache(toks, ["blocks.0.hook_resid_post", "ln_final.hook_scale"])
@@ -44,10 +49,10 @@ def test_recomputes_statistics_per_layer(tmp_path):
 
 @pytest.mark.skipif(tl_major() < 4, reason="transformer_lens.tools.analysis.logit_lens is TL>=4.3")
 @pytest.mark.parametrize("kind", ["native", "hf_gpt2"])
-def test_matches_transformerlens_logit_lens(kind, tmp_path):
+def test_matches_transformerlens_logit_lens(kind, gpt2):
     from transformer_lens.tools.analysis import logit_lens
 
-    model = native_bridge() if kind == "native" else hf_gpt2_bridge(tmp_path)
+    model = native_bridge() if kind == "native" else gpt2
     view = as_view(model)
     toks = _tokens(view, n=2, T=10)
     res = logit_lens(model, toks, positions=None, return_type="log_probs")
@@ -64,7 +69,7 @@ def test_matches_transformerlens_logit_lens(kind, tmp_path):
 
 
 def test_raw_and_processed_basis_same_log_probs(tmp_path):
-    raw = hf_gpt2_bridge(tmp_path)
+    raw = hf_gpt2_bridge(tmp_path)  # fresh: compatibility mode mutates a deep copy of it
     proc = copy.deepcopy(raw)
     proc.enable_compatibility_mode()
     vr, vp = as_view(raw), as_view(proc)
