@@ -267,3 +267,17 @@ def test_toy_tuned_beats_logit_lens_every_layer_but_last():
     for layer in range(-1, L - 1):
         assert kl["tuned"][layer] < kl["logit"][layer], (layer, kl)
     assert kl["tuned"][L - 1] == pytest.approx(kl["logit"][L - 1], abs=1e-6)
+
+
+def test_first_step_loss_is_logit_lens_kl(model):
+    """The training loss is KL(final || lens): at step 1 (zero translators) = logit-lens KL."""
+    from futurelens_tl.lenses.tuned import batch_indices
+
+    view = as_view(model)
+    w = _windows(view)
+    lens = fl.TunedLens(model)
+    res = lens.train_on(w, tokens=8 * 16, batch_size=8, verbose=False, seed=5)
+    batch = w[batch_indices(w.shape[0], 8, 0, 5)]
+    kl = kl_per_layer(model, [fl.LogitLens(model)], batch)["logit"]
+    for layer in range(-1, view.n_layers - 1):
+        assert res.history[0][f"layer {layer}"] == pytest.approx(kl[layer], rel=1e-5, abs=1e-6)

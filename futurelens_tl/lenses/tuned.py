@@ -249,10 +249,13 @@ class TunedLens(Lens):
                 _data.FORWARD_COUNTER.tokens += batch.numel()
                 tgt = torch.log_softmax(logits[:, shift:].float(), dim=-1)
                 p_tgt = tgt.exp()
+                neg_entropy = (p_tgt * tgt).sum(-1)
             for k, layer in enumerate(layers):
                 h = resid[k][:, : T - shift]
-                lp = torch.log_softmax(readout(self.transform(h, layer)).float(), dim=-1)
-                kl = (p_tgt * (tgt - lp)).sum(-1).mean()
+                z = readout(self.transform(h, layer)).float()
+                # KL(p || softmax z) = sum p log p - sum p z + logsumexp z  (sum p = 1): no
+                # [rows, vocab] log-softmax is materialised for the backward pass
+                kl = (neg_entropy - (p_tgt * z).sum(-1) + torch.logsumexp(z, dim=-1)).mean()
                 yield f"layer {layer}", kl
 
         trainer = Trainer(self, cfg)
