@@ -90,7 +90,7 @@ def main(quick: bool = False) -> list[dict]:
     rows.append({"benchmark": B, "metric": "tag_heads(all): time / one forward over data",
                  "value": round(t_all / t_fwd, 2), "unit": "x", "target": "",
                  "note": f"{t_all:.1f} s total; weight roles include effective embeddings of "
-                         "up to 2048 tokens and eigenvalues per head"})
+                         "512 sampled tokens and eigenvalues per head"})
 
     # patching: batched over heads vs one head per forward
     clean, corr = tok[:4, :32], torch.randint(1, view.d_vocab, (4, 32))
