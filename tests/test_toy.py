@@ -254,7 +254,7 @@ def induction_pattern_scores(model, lengths=(7, 12, 19, 26), n=8, seed=0):
     return scores / len(lengths)
 
 
-@pytest.mark.xfail(reason="pinned checkpoint has no induction head yet", strict=False)
+@pytest.mark.xfail(reason="best induction head of the pinned checkpoint: 0.25 < 0.3", strict=False)
 def test_pinned_checkpoint_has_induction_head(model):
     scores = induction_pattern_scores(model)
     assert float(scores.max()) > 0.3, scores
