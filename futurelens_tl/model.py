@@ -63,6 +63,29 @@ def _tl_major() -> int:
         return 0
 
 
+# TL 4.3 bridges around these HF architectures report use_attn_scale=True although the wrapped
+# HF attention does not scale (GPT-Neo: reference layer0-decomposition.md §12.1).
+_UNSCALED_HF_ARCHITECTURES = frozenset({"GPTNeoForCausalLM"})
+
+
+def _attn_scale(backend: str, cfg: Any, d_head: int) -> float:
+    """The divisor of attention scores: ``sqrt(d_head)`` unless the model does not scale.
+
+    Bridge configs store ``attn_scale = -1`` meaning "unset"; non-positive values fall back to
+    the default.
+    """
+    arch = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None)
+    if backend == "bridge" and arch in _UNSCALED_HF_ARCHITECTURES:
+        return 1.0
+    if not bool(getattr(cfg, "use_attn_scale", True)):
+        return 1.0
+    try:
+        s = float(getattr(cfg, "attn_scale", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        s = 0.0
+    return s if s > 0 else math.sqrt(d_head)
+
+
 def resid_hook_name(layer: int) -> str:
     """Hook name of the residual stream at ``layer`` (``-1`` = embedding output)."""
     return "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
@@ -153,12 +176,8 @@ class ModelView:
             getattr(cfg, "positional_embedding_type", "standard")
         )
         self.eps: float = float(getattr(cfg, "eps", 1e-5))
-        self.use_attn_scale: bool = bool(getattr(cfg, "use_attn_scale", True))
-        self.attn_scale: float = (
-            float(getattr(cfg, "attn_scale", math.sqrt(self.d_head)) or math.sqrt(self.d_head))
-            if self.use_attn_scale
-            else 1.0
-        )
+        self.attn_scale: float = _attn_scale(self.backend, cfg, self.d_head)
+        self.use_attn_scale: bool = self.attn_scale != 1.0 or self.d_head == 1
 
     # ------------------------------------------------------------------ identity
     @property

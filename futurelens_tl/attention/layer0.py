@@ -69,31 +69,6 @@ TERM_GROUPS: dict[str, tuple[str, ...]] = {
 
 
 # ---------------------------------------------------------------------------------- helpers
-_UNSCALED_HF_ARCHITECTURES = frozenset({"GPTNeoForCausalLM"})
-
-
-def _attn_scale(view: Any) -> float:
-    """``sqrt(d_head)`` unless the model does not scale (private; could move to ModelView).
-
-    Bridge configs store ``attn_scale = -1.0`` meaning "unset", which ``ModelView.attn_scale``
-    passes through; treat non-positive values as the default. TransformerLens 4.3 bridges around
-    Hugging Face GPT-Neo report ``use_attn_scale=True`` although the wrapped HF attention does
-    not scale (ref §12.1: "no 1/sqrt(d')"); the architecture name decides there.
-    """
-    cfg = view.cfg
-    arch = getattr(cfg, "architecture", None) or getattr(cfg, "original_architecture", None)
-    if view.backend == "bridge" and arch in _UNSCALED_HF_ARCHITECTURES:
-        return 1.0
-    if not bool(getattr(cfg, "use_attn_scale", True)):
-        return 1.0
-    s = getattr(cfg, "attn_scale", None)
-    try:
-        s = float(s) if s is not None else -1.0
-    except (TypeError, ValueError):
-        s = -1.0
-    return s if s > 0 else math.sqrt(view.d_head)
-
-
 def _as_int_list(x: int | Sequence[int] | Tensor, arg: str, high: int) -> list[int]:
     if isinstance(x, Tensor):
         vals = [int(v) for v in x.reshape(-1).tolist()]
@@ -1412,7 +1387,7 @@ def decompose_first_layer(
     return Layer0Decomposition(
         W_Q=W_Q, W_K=W_K, b_Q=b_Q, b_K=b_K, W_E=W_E, W_pos=W_pos,
         norm=norm.kind, eps=float(norm.eps),
-        attn_scale=float(attn_scale) if attn_scale is not None else _attn_scale(view),
+        attn_scale=float(attn_scale) if attn_scale is not None else view.attn_scale,
         basis=view.basis,
         fingerprint=view.fingerprint, tokenizer=tk,
         _to_tokens=view.to_tokens if tk is not None else None,
