@@ -87,12 +87,12 @@ def _check(df):
 
 def test_learned_prompt_beats_bigram_on_entities_quick():
     """Default-tier variant: block 0 only, a short run (the full sweep is the slow test)."""
-    df, _, _ = _run(n_train_docs=30, layers=[0], epochs=1, n_eval_docs=60)
+    df, _, _ = _run(n_train_docs=20, layers=[0], epochs=1, n_eval_docs=45)
     _check(df)
 
 
 @pytest.mark.slow
 def test_learned_prompt_beats_bigram_on_entities_all_layers():
-    df, lp, _ = _run(n_train_docs=300, layers=None, epochs=2, n_eval_docs=300)
+    df, lp, _ = _run(n_train_docs=150, layers=None, epochs=2, n_eval_docs=150)
     best, p1, bigram = _check(df)
     assert lp.training_summary["data"]["label_source"] == "model_greedy"
