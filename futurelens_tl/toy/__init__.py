@@ -19,9 +19,13 @@ Where the model comes from, in order:
 3. otherwise it is **trained** (quick path: ~2-4 minutes on a 2-core CPU) and cached
    atomically.
 
-What the pinned checkpoint learns (held-out loss vs unigram/bigram baselines, induction score)
-is recorded in ``checkpoint/futurelens_toy.json`` and in ``docs/toy_model.md``; see
-:func:`toy_stats`.
+What the pinned checkpoint learns (``checkpoint/futurelens_toy.json``, :func:`toy_stats`,
+``docs/toy_model.md``): 1950 steps (8 M tokens, about 38 minutes of single-thread CPU on a busy
+machine, in four phases, the last two with an induction curriculum of repeated random spans of
+varying length). Held-out loss 1.41 nats/token vs 5.46 (unigram) and 3.27 (bigram baseline);
+induction heads in layer 1 (best L1H3: 0.53 mean attention on the induction stripe of repeated
+random tokens with varied repeat lengths; second-copy loss 3.40 vs 7.74 on the first copy);
+entity continuations and ordinal successors are predicted (tested in ``tests/test_toy.py``).
 """
 
 from __future__ import annotations
