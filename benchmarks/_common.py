@@ -9,8 +9,6 @@ import time
 import warnings
 from collections.abc import Callable
 
-import torch
-
 warnings.filterwarnings("ignore")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FUTURELENS_NO_PROGRESS", "1")

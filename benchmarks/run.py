@@ -27,8 +27,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    cpu = platform.processor() or platform.machine()
+    return (f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +79,8 @@ def write_markdown(results: dict, out: Path) -> None:
                   "| benchmark | metric | value | unit | target | note |",
                   "|---|---|---|---|---|---|"]
         for r in res["rows"]:
-            lines.append("| " + " | ".join(fmt(r.get(k, "")) for k in
-                                            ("benchmark", "metric", "value", "unit", "target", "note")) + " |")
+            keys = ("benchmark", "metric", "value", "unit", "target", "note")
+            lines.append("| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |")
         lines.append("")
     out.write_text("\n".join(lines))
 

@@ -3,7 +3,7 @@
 Public API (see ``docs/`` and DESIGN.md §3)::
 
     import futurelens_tl as fl
-    model = fl.toy_model()                       # offline default; fl.load_model("gpt2") for real ones
+    model = fl.toy_model()          # offline default; fl.load_model("gpt2") for real models
     logit, tuned = fl.LogitLens(model), fl.TunedLens.fit(model, texts)
     future = fl.FutureLens.fit(model, texts, method="learned_prompt")
     cmp = fl.compare(model, "Marty McFly from", [logit, tuned, future])

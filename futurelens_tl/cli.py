@@ -55,7 +55,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         dtype=args.dtype, prompts=args.prompt or None, tuned_tokens=args.tuned_tokens,
         future_examples=args.future_examples, eval_windows=args.eval_windows,
         future_layers=args.future_layers, seed=args.seed, verbose=not args.quiet,
-        stages=args.stages.split(",") if args.stages else None,
+        stages=args.stages.split(",") if args.stages else None, texts=args.texts,
     )
     result = build_report(cfg)
     print(result.summary_table())
@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation windows (default: model-dependent)")
     p.add_argument("--stages", default=None,
                    help="comma-separated subset of: lenses,future,layer0,heads")
+    p.add_argument("--texts", default=None,
+                   help="training/evaluation corpus (.txt with blank-line separated documents "
+                        "or .jsonl); default: the toy corpus")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)

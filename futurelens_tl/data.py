@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -58,9 +58,13 @@ def progress(iterable: Iterable[Any], *, verbose: bool = True, **kwargs: Any) ->
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
 
 
-def load_texts(source: str | os.PathLike[str] | Iterable[str], *, column: str = "text") -> list[str]:
-    """Texts from a list of strings, a ``.txt`` file (blank-line separated documents), a
-    ``.jsonl`` file (``column`` field) or a Hugging Face ``datasets`` split saved to disk.
+def load_texts(
+    source: str | os.PathLike[str] | Iterable[str], *, column: str = "text"
+) -> list[str]:
+    """Texts from strings or a file.
+
+    Accepts a list of strings, a ``.txt`` file (blank-line separated documents), a ``.jsonl``
+    file (``column`` field) or a Hugging Face ``datasets`` split saved to disk.
 
     Raises:
         ValueError: If no non-empty text is found.
@@ -155,7 +159,7 @@ def iter_batches(
     batch_size: int = 8,
     verbose: bool = True,
     desc: str = "forward",
-) -> Iterator[tuple[Int[Tensor, "b pos"], Float[Tensor, "b pos vocab"], Float[Tensor, "L b pos d"]]]:
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(tokens, logits, resid)`` per batch from one no-grad forward each.
 
     ``resid[k]`` is the residual at ``layers[k]`` (default all layers, ``-1 .. L-1``).

@@ -25,6 +25,8 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def test_no_module_level_hookedtransformer_import():
-    pattern = re.compile(r"^(from transformer_lens import .*HookedTransformer|import transformer_lens\.HookedTransformer)", re.M)
+    pattern = re.compile(
+        r"^(from transformer_lens import .*HookedTransformer"
+        r"|import transformer_lens\.HookedTransformer)", re.M)
     for path in (ROOT / "futurelens_tl").rglob("*.py"):
         assert not pattern.search(path.read_text()), path

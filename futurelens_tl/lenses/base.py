@@ -77,12 +77,16 @@ class Lens(torch.nn.Module):
         """Map a residual at ``layer`` into the final residual's space (identity here)."""
         return resid
 
-    def forward(self, resid: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... d_vocab"]:
+    def forward(
+        self, resid: Float[Tensor, "... d_model"], layer: int
+    ) -> Float[Tensor, "... d_vocab"]:
         """Logits read from ``resid`` taken at ``layer``."""
         self.check_layer(layer)
         return self.view.readout(self.transform(resid, layer))
 
-    def log_probs(self, resid: Float[Tensor, "... d_model"], layer: int) -> Float[Tensor, "... d_vocab"]:
+    def log_probs(
+        self, resid: Float[Tensor, "... d_model"], layer: int
+    ) -> Float[Tensor, "... d_vocab"]:
         """Log-probabilities (nats) of :meth:`forward`, computed in float32."""
         return torch.log_softmax(self.forward(resid, layer).float(), dim=-1)
 
