@@ -67,7 +67,8 @@ write("05_real_models.ipynb", [
     md("## Lenses\n\nTrain a tuned lens on your own text (any list of strings, a .txt or .jsonl "
        "file), or import a published tuned-lens artifact (`config.json` + `params.pt`)."),
     code("from futurelens_tl.data import load_texts\n\ntexts = load_texts('my_corpus.txt')\n"
-         "tuned = fl.TunedLens.fit(model, texts, tokens=2**20)\ntuned.save('gpt2-tuned.safetensors')\n"
+         "tuned = fl.TunedLens.fit(model, texts, tokens=2**20)\n"
+         "tuned.save('gpt2-tuned.safetensors')\n"
          "# tuned = fl.TunedLens.from_tuned_lens('path/to/lens/gpt2', model)\n"
          "fl.compare(model, 'The Eiffel Tower is located in the city of', "
          "[fl.LogitLens(model), tuned])"),
