@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     merged = {**old, **results}
     json_path.write_text(json.dumps(merged, indent=1, default=float))
     write_markdown(merged, Path(args.out))
-    print(f"wrote {args.out}")
+    write_markdown(merged, HERE.parent / "docs" / "benchmarks.md")  # the docs site's page
+    print(f"wrote {args.out} and docs/benchmarks.md")
     return 0
 
 
