@@ -155,7 +155,7 @@ def toy_checkpoint_path(
 
 
 def toy_model(
-    backend: Literal["bridge", "hooked"] = "bridge",
+    backend: str = "bridge",
     *,
     seed: int = 0,
     retrain: bool = False,
@@ -312,7 +312,7 @@ def toy_tokenizer(seed: int = 0, cache_dir: str | os.PathLike | None = None) -> 
     return load_tokenizer(d)
 
 
-def toy_texts(split: Literal["train", "test"] = "train", n: int = 200, seed: int = 0) -> list[str]:
+def toy_texts(split: str = "train", n: int = 200, seed: int = 0) -> list[str]:
     """Documents of the toy corpus: training or held-out (same world, other document seed).
 
     Args:
