@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from futurelens_tl.toy.corpus import (
     CORPUS_VERSION,
