@@ -538,6 +538,15 @@ def compare(
         has_cont = callable(getattr(lens, "continuation", None)) and n_continuation > 0
         cont_tokens: list[Any] = []
         cont_probs: list[Any] = []
+        cont_by_layer: dict[int, tuple[Tensor, Tensor]] = {}
+        covered = [layer for layer in row_layers if layer in reds]
+        if has_cont and covered and callable(getattr(lens, "rows_continuation", None)):
+            # One batched call over every (layer, position) cell of the grid.
+            hs = torch.cat([resid[row_layers.index(layer)][0] for layer in covered])
+            src = torch.tensor(covered, device=hs.device).repeat_interleave(T)
+            all_ids, all_probs = lens.rows_continuation(hs, src, n_continuation)
+            for j, layer in enumerate(covered):
+                cont_by_layer[layer] = (all_ids[j * T:(j + 1) * T], all_probs[j * T:(j + 1) * T])
         for layer in row_layers:
             if layer not in reds:
                 panel["available"].append([False] * T)
@@ -564,7 +573,8 @@ def compare(
             panel["entropy"].append([_num(x) for x in red["entropy"].tolist()])
             panel["kl"].append([_num(x) for x in red["kl"].tolist()])
             if has_cont:
-                c_ids, c_probs = lens.continuation(h, layer, n_continuation)
+                c_ids, c_probs = (cont_by_layer[layer] if layer in cont_by_layer
+                                  else lens.continuation(h, layer, n_continuation))
                 cont_tokens.append([[tok_str(i) for i in row] for row in c_ids.tolist()])
                 cont_probs.append(c_probs.tolist())
         panel["tracked"] = {"ids": ids_union, "tokens": [tok_str(i) for i in ids_union],

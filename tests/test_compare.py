@@ -201,3 +201,28 @@ def test_n_ahead_kl_uses_shifted_final(setup):
     assert math.isnan(ro["tuned+2", 0].kl[0, -1].item())
     # target for n_ahead=2 at t is token t+3
     assert ro["tuned+2", 0].target_ids[0, :3].tolist() == toks[0, 3:6].tolist()
+
+
+def test_compare_future_continuations_batched_equal_per_layer():
+    """The grid's one batched continuation call equals the per-layer ``continuation`` calls."""
+    import futurelens_tl as fl
+    from futurelens_tl.compare import compare
+    from futurelens_tl.lenses.future import FutureLens
+    from futurelens_tl.toy import CHECKPOINT_DIR
+
+    if not CHECKPOINT_DIR.exists():
+        pytest.skip("pinned toy checkpoint absent")
+    model = fl.toy_model(verbose=False)
+    lens = FutureLens(model, "fixed_prompt", layers=[0, 2], n_ahead=0)
+    cmp = compare(model, "On Monday, then Tuesday", [fl.LogitLens(model), lens], n_continuation=2)
+    panel = cmp.grid["lenses"][1]
+    view = fl.as_view(model)
+    tokens = view.to_tokens("On Monday, then Tuesday")
+    _, resid = view.residuals(tokens, [0, 2])
+    for k, layer in enumerate([0, 2]):
+        row = cmp.grid["row_layers"].index(layer)
+        ids, probs = lens.continuation(resid[k, 0], layer, 2)
+        expect = [[view.to_str_tokens(torch.tensor(r))[j] for j in range(2)] for r in ids.tolist()]
+        assert panel["cont_tokens"][row] == expect
+        torch.testing.assert_close(torch.tensor(panel["cont_probs"][row]), probs.float(),
+                                   atol=1e-5, rtol=1e-4)
