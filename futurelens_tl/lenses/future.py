@@ -47,6 +47,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.data import progress
+from futurelens_tl.lenses.artifacts import load_artifact, save_artifact
 from futurelens_tl.lenses.base import Lens, LensMismatchError
 from futurelens_tl.lenses.future_data import LABEL_SOURCES, FutureLensData, build_features
 from futurelens_tl.model import ModelView, as_view
@@ -258,35 +259,6 @@ def _kl(target_logp: Tensor, lens_logits: Tensor) -> Tensor:
     """``KL(P_target || P_lens)`` per row, fp32 (reference §2.4 batchmean = mean of this)."""
     lp = torch.log_softmax(lens_logits.float(), dim=-1)
     return (target_logp.exp() * (target_logp - lp)).sum(-1)
-
-
-def _atomic_save(path: str | os.PathLike[str], tensors: dict[str, Tensor], header: dict) -> None:
-    from safetensors.torch import save_file
-
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={"futurelens": json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _read_artifact(path: str | os.PathLike[str]) -> tuple[dict, dict[str, Tensor]]:
-    from safetensors import safe_open
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ValueError(f"path={path!r} does not exist.")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if "futurelens" not in meta:
-            raise ValueError(f"path={path!r} is not a futurelens_tl artifact (no header).")
-        header = json.loads(meta["futurelens"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return header, tensors
 
 
 # ====================================================================== the lens
@@ -1065,7 +1037,8 @@ class FutureLens(Lens):
         if self.basis is None or self.fingerprint is None:
             raise ValueError("save: the lens is not fitted (no basis/fingerprint); fit it first.")
         header = {
-            "format_version": FORMAT_VERSION, "kind": "future_lens", "method": self.method,
+            "format": "future_lens", "format_version": FORMAT_VERSION, "kind": "future_lens",
+            "method": self.method,
             "layers": self.layers, "n_aheads": list(self.n_aheads), "basis": self.basis,
             "fingerprint": self.fingerprint,
             "config": json.loads(json.dumps(asdict(self.config), default=str)),
@@ -1073,7 +1046,7 @@ class FutureLens(Lens):
             "target_layer": self.target_layer, "name": self.name,
             "training": json.loads(json.dumps(self.training_summary, default=str)),
         }
-        _atomic_save(path, dict(self.state_dict()), header)
+        save_artifact(path, dict(self.state_dict()), header)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Any) -> FutureLens:
@@ -1083,13 +1056,9 @@ class FutureLens(Lens):
             LensMismatchError: Other basis or fingerprint.
             ValueError: Not a Future Lens artifact, or a newer format.
         """
-        header, tensors = _read_artifact(path)
-        if header.get("kind") != "future_lens":
-            raise ValueError(f"path={os.fspath(path)!r} holds a {header.get('kind')!r}, "
-                             "not a future_lens artifact.")
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"artifact format {header['format_version']} is newer than "
-                             f"{FORMAT_VERSION}; upgrade futurelens_tl.")
+        # Missing, truncated, corrupt, foreign or newer files raise ArtifactError (a ValueError).
+        tensors, header = load_artifact(path, expect_format="future_lens",
+                                        max_version=FORMAT_VERSION)
         view = as_view(model)
         if view.basis != header["basis"]:
             raise LensMismatchError(
