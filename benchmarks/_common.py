@@ -31,7 +31,7 @@ def gpt2_small_random(seed: int = 0, n_layers: int = 12, quick: bool = False):
     return model
 
 
-def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+def timeit(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn`` in seconds."""
     for _ in range(warmup):
         fn()
