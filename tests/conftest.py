@@ -54,6 +54,26 @@ def make_word_tokenizer(tmp: Path, vocab_size: int):
     return AutoTokenizer.from_pretrained(d)
 
 
+def boot_hf(hf, tok, directory: Path):
+    """Save an HF model and tokenizer to ``directory`` and boot it as a raw bridge (public API)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    bridge = TransformerBridge.boot_transformers(str(directory), device="cpu")
+    bridge.eval()
+    return bridge
+
+
+def toy_or_skip():
+    """The pinned toy model; skip when it is absent (never train it for minutes in a test)."""
+    from futurelens_tl.toy import toy_model, toy_stats
+
+    if not toy_stats():
+        pytest.skip("the pinned toy checkpoint is absent (would train for minutes)")
+    return toy_model(verbose=False)
+
+
 def perturb_norms(model, seed: int = 0) -> None:
     """Give every LayerNorm non-trivial gain/bias so folding bugs cannot hide."""
     g = torch.Generator().manual_seed(seed)
@@ -85,7 +105,6 @@ def native_bridge(n_layers=2, d_model=32, n_heads=4, d_vocab=61, n_ctx=32, seed=
 
 
 def hf_gpt2_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, vocab=61, n_ctx=32, seed=0):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -94,12 +113,7 @@ def hf_gpt2_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, vocab=61, n_ctx
                      vocab_size=vocab, bos_token_id=0, eos_token_id=0)
     hf = GPT2LMHeadModel(cfg)
     perturb_norms(hf, seed)
-    d = tmp / "hf_gpt2"
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
-    bridge.eval()
-    return bridge
+    return boot_hf(hf, tok, tmp / "hf_gpt2")
 
 
 def hooked_model(n_layers=2, d_model=32, n_heads=4, d_vocab=61, n_ctx=32, seed=0,
@@ -151,7 +165,6 @@ def gpt2_tokenizer():
 def hf_llama_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, vocab=61,
                     n_ctx=32, seed=0):
     """A bridge around a random HF ``LlamaForCausalLM`` (RMSNorm, rotary, GQA, no biases)."""
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -162,9 +175,4 @@ def hf_llama_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, 
                       eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
     hf = LlamaForCausalLM(cfg)
     perturb_norms(hf, seed)
-    d = tmp / "hf_llama"
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
-    bridge.eval()
-    return bridge
+    return boot_hf(hf, tok, tmp / "hf_llama")

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import hf_gpt2_bridge
+from conftest import hf_gpt2_bridge, toy_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl import data as fl_data
@@ -208,11 +208,8 @@ def test_compare_future_continuations_batched_equal_per_layer():
     import futurelens_tl as fl
     from futurelens_tl.compare import compare
     from futurelens_tl.lenses.future import FutureLens
-    from futurelens_tl.toy import CHECKPOINT_DIR
 
-    if not CHECKPOINT_DIR.exists():
-        pytest.skip("pinned toy checkpoint absent")
-    model = fl.toy_model(verbose=False)
+    model = toy_or_skip()
     lens = FutureLens(model, "fixed_prompt", layers=[0, 2], n_ahead=0)
     cmp = compare(model, "On Monday, then Tuesday", [fl.LogitLens(model), lens], n_continuation=2)
     panel = cmp.grid["lenses"][1]

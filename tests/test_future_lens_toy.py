@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import toy_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl.lenses.future import FutureLens, build_features
 
 
 def _toy():
-    try:
-        from futurelens_tl.toy import CHECKPOINT_DIR
-    except ImportError:
-        pytest.skip("futurelens_tl.toy is not available")
-    if not CHECKPOINT_DIR.exists():  # never train the toy model inside a test
-        pytest.skip("the toy checkpoint is not committed")
-    return fl.toy_model(verbose=False)
+    return toy_or_skip()
 
 
 def entity_sources(model, windows: torch.Tensor, entities: list[str], n_max: int):

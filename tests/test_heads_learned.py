@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_word_tokenizer
+from conftest import boot_hf, make_word_tokenizer
 
 from futurelens_tl.attention.datasets import repeated_tokens
 from futurelens_tl.attention.heads import tag_heads
@@ -22,7 +22,6 @@ V, L = 32, 25
 
 
 def _train(tmp_path, steps: int, lm_weight: float, stop_lm: float | None = None, seed: int = 0):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
     n_threads = torch.get_num_threads()
@@ -57,12 +56,7 @@ def _train(tmp_path, steps: int, lm_weight: float, stop_lm: float | None = None,
                 break
     finally:
         torch.set_num_threads(n_threads)
-    d = tmp_path / "learned"
-    hf.save_pretrained(d)
-    make_word_tokenizer(tmp_path, V).save_pretrained(d)
-    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
-    bridge.eval()
-    return bridge
+    return boot_hf(hf, make_word_tokenizer(tmp_path, V), tmp_path / "learned")
 
 
 def test_learned_previous_token_head(tmp_path):

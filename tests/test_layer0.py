@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    boot_hf,
     hf_gpt2_bridge,
     hooked_model,
     make_word_tokenizer,
@@ -137,7 +138,6 @@ def test_scores_differ_by_query_only_terms(kind, tmp_path):
 
 def test_gpt_neo_no_attn_scale_no_qk_bias(tmp_path):
     """GPT-Neo: no q/k bias but LN beta (so T_e, T_p exist) and no 1/sqrt(d') (ref §12.1)."""
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
     torch.manual_seed(0)
@@ -148,10 +148,7 @@ def test_gpt_neo_no_attn_scale_no_qk_bias(tmp_path):
     hf = GPTNeoForCausalLM(cfg)
     perturb_norms(hf)
     assert hf.transformer.h[0].attn.attention.q_proj.bias is None
-    hf.save_pretrained(tmp_path / "neo")
-    tok.save_pretrained(tmp_path / "neo")
-    model = TransformerBridge.boot_transformers(str(tmp_path / "neo"), device="cpu")
-    model.eval()
+    model = boot_hf(hf, tok, tmp_path / "neo")
     view = as_view(model)
     dec = decompose_first_layer(model)
     assert dec.attn_scale == 1.0
@@ -266,7 +263,6 @@ def test_position_terms_band_matches_brute_force():
 
 # ------------------------------------------------------------------ planted models
 def _planted_bridge(tmp_path, plant, *, n_ctx=16, vocab=61, d_model=32, n_heads=4, seed=0):
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
@@ -276,12 +272,7 @@ def _planted_bridge(tmp_path, plant, *, n_ctx=16, vocab=61, d_model=32, n_heads=
     hf = GPT2LMHeadModel(cfg)
     with torch.no_grad():
         plant(hf)
-    d = tmp_path / "planted"
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    bridge = TransformerBridge.boot_transformers(str(d), device="cpu")
-    bridge.eval()
-    return bridge
+    return boot_hf(hf, tok, tmp_path / "planted")
 
 
 OMEGAS = (0.32304777, 1.20868579, 1.96664355, 2.73353899)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import toy_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl.attention.layer0 import count_bigrams, detokenization_scores
@@ -15,13 +16,7 @@ from futurelens_tl.attention.layer0 import count_bigrams, detokenization_scores
 
 @pytest.fixture(scope="module")
 def toy():
-    try:
-        from futurelens_tl.toy import toy_stats
-    except ImportError:
-        pytest.skip("futurelens_tl.toy is not available")
-    if not toy_stats():
-        pytest.skip("the pinned toy checkpoint is absent (would train for minutes)")
-    return fl.toy_model(verbose=False)
+    return toy_or_skip()
 
 
 def test_toy_identity_and_detokenization_heads(toy, capsys):

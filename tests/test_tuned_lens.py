@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import native_bridge
+from conftest import native_bridge, toy_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl.lenses.artifacts import ArtifactError
@@ -252,13 +252,9 @@ def test_bad_arguments(model):
 
 @pytest.mark.slow
 def test_toy_tuned_beats_logit_lens_every_layer_but_last():
-    try:
-        from futurelens_tl.toy import CHECKPOINT_DIR, toy_texts
-    except ImportError:
-        pytest.skip("futurelens_tl.toy is not available")
-    if not CHECKPOINT_DIR.exists():  # never train the toy model inside a test
-        pytest.skip("the toy checkpoint is not committed")
-    model = fl.toy_model(verbose=False)
+    from futurelens_tl.toy import toy_texts
+
+    model = toy_or_skip()
     train = fl.token_windows(model, toy_texts("train"), length=64)
     test = fl.token_windows(model, toy_texts("test"), length=64, max_windows=16)
     lens = fl.TunedLens.fit(model, train, tokens=64 * 8 * 6, verbose=False, seed=0)

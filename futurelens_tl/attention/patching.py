@@ -313,28 +313,23 @@ def score_heads(
                               metric, site=site, positions=pos, heads_per_forward=k,
                               verbose=verbose, desc="zero ablation")
         n_fwd += nf
-    elif method == "mean":
+    else:  # mean and resample ablation read the reference distribution's activations
         if ref.shape[1] != clean.shape[1]:
-            raise ValueError("reference must have the same length as clean for mean ablation")
+            what = "mean ablation" if method == "mean" else "resampling"
+            raise ValueError(f"reference must have the same length as clean for {what}")
         if reference is None:
             ref_acts = clean_acts
         else:
             _, ref_acts = _cache_site(view, ref, site)
             n_fwd += 1
+    if method == "mean":
         means = {layer: a.mean(0, keepdim=True) for layer, a in ref_acts.items()}
         vals, nf = _intervene(
             view, clean, heads_l,
             lambda layer, h, cur, r: means[layer][:, :, h].expand_as(cur), metric, site=site,
             positions=pos, heads_per_forward=k, verbose=verbose, desc="mean ablation")
         n_fwd += nf
-    else:  # resample
-        if ref.shape[1] != clean.shape[1]:
-            raise ValueError("reference must have the same length as clean for resampling")
-        if reference is None:
-            ref_acts = clean_acts
-        else:
-            _, ref_acts = _cache_site(view, ref, site)
-            n_fwd += 1
+    elif method == "resample":
         g = torch.Generator().manual_seed(seed)
         draws = []
         for _ in range(max(1, n_resample)):
