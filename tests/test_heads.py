@@ -19,6 +19,7 @@ from futurelens_tl.attention.datasets import (
     repeated_tokens,
 )
 from futurelens_tl.attention.heads import ROLES, tag_heads
+from futurelens_tl.model import as_view
 
 D_MODEL, N_CTX, D_VOCAB = 128, 31, 24
 
@@ -450,3 +451,26 @@ def test_pattern_scores_match_cached_patterns_on_every_backend(any_model):
     tags = tag_heads(any_model, roles=["copying", "copy_suppression", "retrieval"],
                      n_examples=4, seq_len=24, verbose=False)
     assert torch.isfinite(tags.scores).all()
+
+
+def test_k_composition_matches_transformer_lens_and_is_basis_invariant(tmp_path):
+    """Ours on the raw model == ours on the processed model == TL's on the processed model."""
+    from futurelens_tl.attention.scores import k_composition_baseline, k_composition_scores
+
+    raw = hf_gpt2_bridge(tmp_path, n_layers=3)  # LayerNorm gains and biases perturbed
+    proc = fl.load_model(str(tmp_path / "hf_gpt2"), device="cpu", process_weights=True)
+    ours_raw = k_composition_scores(as_view(raw))
+    ours_proc = k_composition_scores(as_view(proc))
+    if not hasattr(proc, "all_composition_scores"):
+        pytest.skip("this TransformerLens has no all_composition_scores on the model")
+    theirs = proc.all_composition_scores("K")
+    theirs = getattr(theirs, "scores", theirs).detach()
+    assert torch.allclose(ours_proc, theirs, atol=1e-5)
+    assert torch.allclose(ours_raw, ours_proc, atol=1e-5)
+    # TL on the RAW model differs (no norm folding): the test can tell the bases apart
+    raw_tl = raw.all_composition_scores("K")
+    assert not torch.allclose(ours_raw, getattr(raw_tl, "scores", raw_tl).detach(), atol=1e-3)
+    # zero unless the reading head is in a later layer; random init sits at the baseline
+    assert (ours_raw[1, :, 0] == 0).all() and (ours_raw[2, :, :2] == 0).all()
+    base = k_composition_baseline(as_view(raw))
+    assert abs(float(ours_raw[0, :, 1].mean()) - base) < 0.05

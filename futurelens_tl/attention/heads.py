@@ -604,6 +604,9 @@ def tag_heads(
             if r in role_list and r in res:
                 results[r] = res[r]
 
+    if "induction" in results and L > 1:
+        _add_k_composition(view, results, thr_over)
+
     scores = torch.full((len(role_list), L, H), float("nan"))
     thr: dict[str, float | None] = {}
     src: dict[str, str] = {}
@@ -632,6 +635,42 @@ def tag_heads(
         unavailable=unavailable, model_name=f"{type(view.model).__name__} {view.fingerprint}",
         n_forwards=FORWARD_COUNTER.passes - f0, seconds=time.perf_counter() - t0,
     )
+
+
+def _add_k_composition(view: ModelView, results: dict[str, S.RoleScore],
+                       thr_over: dict[str, Any]) -> None:
+    """Circuit evidence for induction (§3.5, §7): K-composition with an earlier head.
+
+    Partners are the tagged previous-token heads when ``previous_token`` was scored and tags
+    any, else every earlier head. Adds ``k_composition`` (best partner's score),
+    ``k_composition_partner`` (its ``layer * n_heads + head``; NaN in layer 0) and
+    ``k_composition_baseline`` (Gaussian heads of the same shape) to the induction extras.
+    """
+    L, H = view.n_layers, view.n_heads
+    kc = S.k_composition_scores(view)  # [L1, H1, L2, H2]
+    partners = torch.ones(L, H, dtype=torch.bool)
+    source = "every earlier head"
+    prev = results.get("previous_token")
+    if prev is not None:
+        t = thr_over.get("previous_token", prev.threshold)
+        tagged = torch.nan_to_num(prev.scores.float().cpu(), nan=-math.inf) >= t
+        if tagged.any():
+            partners, source = tagged, "tagged previous-token heads"
+    layers = torch.arange(L)
+    earlier = (layers[:, None] < layers[None, :])[:, None, :, None]  # [L1, 1, L2, 1]
+    masked = torch.where(partners[:, :, None, None] & earlier, kc,
+                         torch.full_like(kc, -math.inf))
+    best, idx = masked.reshape(L * H, L, H).max(0)
+    ok = torch.isfinite(best)
+    ind = results["induction"]
+    ind.extras["k_composition"] = torch.where(ok, best, torch.full_like(best, math.nan))
+    ind.extras["k_composition_partner"] = torch.where(ok, idx.float(),
+                                                      torch.full_like(best, math.nan))
+    base = S.k_composition_baseline(view)
+    ind.extras["k_composition_baseline"] = torch.full((L, H), base)
+    ind.evidence["k_composition"] = (
+        f"weights: max K-composition with {source} in earlier layers; random-head baseline "
+        f"{base:.3f} (Olsson et al.: induction = prefix matching + copying + K-composition)")
 
 
 def _word_starts(view: ModelView) -> Tensor:

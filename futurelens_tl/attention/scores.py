@@ -34,6 +34,8 @@ __all__ = [
     "copying_scores",
     "effective_embeddings",
     "ioi_scores",
+    "k_composition_baseline",
+    "k_composition_scores",
     "pattern_scores",
     "retrieval_scores",
     "subword_merge_layer0",
@@ -371,6 +373,76 @@ def copying_scores(view: ModelView) -> RoleScore:
     return RoleScore("copying", score.float(), 0.5,
                      "none published (Elhage et al. 2021: > 0 = copying); ours, 0.5", "weights",
                      {"dataset": "none (weights only)", "n_examples": 0, "seed": None})
+
+
+def _reading_weights(view: ModelView, layer: int, w: Tensor) -> Tensor:
+    """Fold block ``layer``'s attention-input norm into reading weights ``[H, d_model, d_head]``.
+
+    The gain scales rows; LayerNorm's centring projects out the all-ones direction (what TL's
+    ``fold_ln`` + ``center_weights`` do), so raw and processed bases give the same scores.
+    """
+    norm = view.ln1(layer)
+    w = w.double()
+    if norm.w is not None:
+        w = w * norm.w.detach().double()[None, :, None]
+    if norm.kind == "LN":
+        w = w - w.mean(1, keepdim=True)
+    return w
+
+
+def k_composition_scores(view: ModelView) -> Float[Tensor, "n_layers n_heads n_layers n_heads"]:
+    r"""K-composition of every head pair, from the weights alone (§3.5).
+
+    The score is $\lVert W_{OV}^A W_{QK}^{B\top}\rVert_F /
+    (\lVert W_{OV}^A\rVert_F \lVert W_{QK}^{B}\rVert_F)$.
+    ``out[l1, h1, l2, h2]`` is how much head ``(l1, h1)``'s output feeds the keys of head
+    ``(l2, h2)``; zero unless ``l2 > l1`` (TL ``all_composition_scores("K")`` convention). The
+    attention-input norms are folded into ``W_V``, ``W_Q`` and ``W_K`` (:func:`_reading_weights`)
+    and, under LayerNorm, ``W_O`` is centred, so the raw and processed bases give the same
+    scores and match TL on a processed model.
+    Computed exactly from ``d_head x d_head`` Gram matrices (no ``d_model x d_model`` product):
+    $\lVert W_V W_O W_K W_Q^\top\rVert_F^2 = \mathrm{tr}(M^\top G_V M G_Q)$ with
+    $M = W_O W_K$, $G_V = W_V^\top W_V$, $G_Q = W_Q^\top W_Q$. Needs no data.
+    """
+    L, H = view.n_layers, view.n_heads
+    wv = torch.stack([_reading_weights(view, x, view.W_V[x].detach()) for x in range(L)])
+    wo = view.W_O.detach().double()  # [L, H, dh, d]
+    if view.ln1(0).kind == "LN":  # the mean direction is invisible to every LN reader
+        wo = wo - wo.mean(-1, keepdim=True)  # (TL's center_writing_weights)
+    gv = wv.transpose(-1, -2) @ wv
+    ov_norm = torch.einsum("lhab,lhba->lh", gv, wo @ wo.transpose(-1, -2)).clamp_min(0).sqrt()
+    out = torch.zeros(L, H, L, H, dtype=torch.float64)
+    for l2 in range(1, L):
+        wk = _reading_weights(view, l2, view.W_K[l2].detach())  # [H, d, dh]
+        wq = _reading_weights(view, l2, view.W_Q[l2].detach())
+        gq = wq.transpose(-1, -2) @ wq
+        gk = wk.transpose(-1, -2) @ wk
+        qk_norm = torch.einsum("hab,hba->h", gk, gq).clamp_min(0).sqrt()  # [H]
+        m = torch.einsum("aei,bid->abed", wo[:l2].reshape(-1, *wo.shape[2:]), wk)  # [A, H, dh, dh]
+        t = torch.einsum("aeg,abgh->abeh", gv[:l2].reshape(-1, *gv.shape[2:]), m) @ gq
+        num = (m * t).sum((-1, -2)).clamp_min(0).sqrt()  # [A, H]
+        den = ov_norm[:l2].reshape(-1, 1) * qk_norm[None]
+        out[:l2, :, l2] = (num / den.clamp_min(1e-30)).reshape(l2, H, H)
+    return out.float()
+
+
+def k_composition_baseline(view: ModelView, n_samples: int = 16, seed: int = 0) -> float:
+    """Mean K-composition of Gaussian matrices shaped like this model's heads (random baseline).
+
+    Scores near this value carry no evidence of composition (§7: compare to a random baseline
+    where no threshold is published).
+    """
+    g = torch.Generator().manual_seed(seed)
+    d, dh = view.d_model, view.d_head
+    vals = []
+    for _ in range(n_samples):
+        wv, wo, wk, wq = (torch.randn(*shape, generator=g, dtype=torch.float64)
+                          for shape in ((d, dh), (dh, d), (d, dh), (d, dh)))
+        ov = wv @ wo
+        qk_t = wk @ wq.T
+        vals.append(float(torch.linalg.norm(ov @ qk_t) / (torch.linalg.norm(ov)
+                                                             * torch.linalg.norm(qk_t))))
+    return sum(vals) / len(vals)
 
 
 def effective_embeddings(
