@@ -31,13 +31,10 @@ from torch import Tensor
 
 from futurelens_tl import data as _data
 from futurelens_tl.lenses.base import Lens
+from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout, scratch_for
 from futurelens_tl.model import ModelView, as_view
 
 __all__ = ["LayerReadout", "LensComparison", "LensReadouts", "compare", "run_with_lenses"]
-
-#: Rows (batch x position cells) per chunk so one chunk's logits stay near this many floats.
-_CHUNK_FLOATS = 2**24  # 64 MB of float32
-
 
 @dataclass
 class LayerReadout:
@@ -174,52 +171,45 @@ def _positions(positions: Any, T: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------- core reduction
+def _final_for(final_logits: Tensor, positions: list[int], n_ahead: int) -> FinalDistribution:
+    """The final distribution at ``t + n_ahead`` for each read position t (NaN rows past the end).
+
+    ``final_logits`` is ``[batch, T, vocab]``; rows come out batch-major like the readouts.
+    """
+    B, T, V = final_logits.shape
+    src = torch.tensor(positions, device=final_logits.device) + n_ahead
+    ok = src < T
+    if n_ahead == 0 and positions == list(range(T)):
+        rows = final_logits.reshape(-1, V)  # a view: no copy
+    else:
+        rows = final_logits[:, src.clamp_max(T - 1)].reshape(-1, V)
+    return FinalDistribution.from_logits(rows, ok.repeat(B))
+
+
 def _reduce(
     lens: Lens,
     layer: int,
     resid: Float[Tensor, "rows d_model"],
-    final_lp: Float[Tensor, "rows vocab"] | None,
+    final: FinalDistribution | None,
     targets: Int[Tensor, " rows"] | None,
     k: int,
     *,
     keep_log_probs: bool = False,
     track_ids: Tensor | None = None,
+    scratch: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Read ``lens`` at ``layer`` on ``resid`` rows and reduce chunk by chunk (fp32 math).
+    """Read ``lens`` at ``layer`` on ``resid`` rows, reduced, under the grid builders' keys.
 
-    ``final_lp`` rows may be NaN (no final distribution at that position); ``targets`` rows
-    may be -1 (no target).
+    The work is :func:`futurelens_tl.lenses.reduction.reduce_readout`.
     """
-    rows = resid.shape[0]
-    V = lens.view.d_vocab
-    chunk = max(1, _CHUNK_FLOATS // max(V, 1))
-    out: dict[str, list[Tensor]] = {k_: [] for k_ in
-                                    ("top_ids", "top_probs", "entropy", "kl", "tlp", "rank",
-                                     "lp", "tracked")}
-    with torch.no_grad():
-        for s in range(0, rows, chunk):
-            lp = lens.log_probs(resid[s : s + chunk], layer)
-            v, i = lp.topk(k, dim=-1)
-            out["top_ids"].append(i)
-            out["top_probs"].append(v.exp())
-            p = lp.exp()
-            out["entropy"].append(-(p * lp).sum(-1))
-            if final_lp is not None:
-                f = final_lp[s : s + chunk]
-                kl = (f.exp() * (f - lp)).sum(-1).clamp_min(0.0)
-                out["kl"].append(kl)  # NaN rows stay NaN
-            if targets is not None:
-                t = targets[s : s + chunk]
-                valid = t >= 0
-                tlp = lp.gather(-1, t.clamp_min(0)[:, None]).squeeze(-1)
-                rank = (lp > tlp[:, None]).sum(-1) + 1
-                out["tlp"].append(torch.where(valid, tlp, torch.full_like(tlp, math.nan)))
-                out["rank"].append(torch.where(valid, rank, torch.zeros_like(rank)))
-            if track_ids is not None:
-                out["tracked"].append(p[:, track_ids])
-            if keep_log_probs:
-                out["lp"].append(lp)
-    return {k_: torch.cat(v_) for k_, v_ in out.items() if v_}
+    st = reduce_readout(lens, layer, resid, k, final=final, targets=targets,
+                        track_ids=track_ids, keep_log_probs=keep_log_probs, scratch=scratch)
+    out = {"top_ids": st["top_ids"], "top_probs": st["top_log_probs"].exp(),
+           "entropy": st["entropy"]}
+    rename = {"kl": "kl", "log_normalizer": "log_z", "target_log_probs": "tlp",
+              "target_ranks": "rank", "log_probs": "lp", "tracked_probs": "tracked"}
+    out.update({short: st[key] for key, short in rename.items() if key in st})
+    return out
 
 
 def _forward(view: ModelView, tokens: Tensor, layers: list[int]) -> tuple[Tensor, Tensor]:
@@ -312,20 +302,17 @@ def run_with_lenses(
     if not all_layers:
         raise ValueError(f"layers={layers!r} selects no layer any lens covers")
     logits, resid = _forward(view, toks, all_layers)
-    final_lp_full = torch.log_softmax(logits.float(), dim=-1)
     pos_t = torch.tensor(pos, device=toks.device)
     data: dict[str, dict[int, LayerReadout]] = {}
     meta: dict[str, Any] = {"lenses": {}, "batch": B, "seq_len": T}
     V = view.d_vocab
+    finals: dict[int, FinalDistribution] = {}  # one per distinct n_ahead, shared by lenses
+    scratch = scratch_for(B * len(pos), V, logits.device)  # one buffer for every readout
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
-        if n == 0 and pos == list(range(T)):
-            f = final_lp_full.reshape(-1, V)  # a view: no [batch, pos, vocab] copy
-        else:
-            src = pos_t + n
-            ok = src < T
-            f = final_lp_full[:, src.clamp_max(T - 1)]
-            f = torch.where(ok[None, :, None], f, torch.full_like(f, math.nan)).reshape(-1, V)
+        if n not in finals:
+            finals[n] = _final_for(logits, pos, n)
+        f = finals[n]
         tgt = _targets_for(toks, pos, n, targets)
         tflat = None if tgt is None else tgt.reshape(-1)
         data[lens.name] = {}
@@ -333,7 +320,8 @@ def run_with_lenses(
                                      "class": type(lens).__name__}
         for layer in per_lens[lens.name]:
             h = resid[all_layers.index(layer)][:, pos_t].reshape(B * len(pos), -1)
-            red = _reduce(lens, layer, h, f, tflat, k, keep_log_probs=return_log_probs)
+            red = _reduce(lens, layer, h, f, tflat, k, keep_log_probs=return_log_probs,
+                          scratch=scratch)
             shp = (B, len(pos))
             data[lens.name][layer] = LayerReadout(
                 top_ids=red["top_ids"].reshape(*shp, k),
@@ -487,10 +475,9 @@ def compare(
     if not row_layers:
         raise ValueError(f"layers={layers!r} selects no layer any lens covers")
     logits, resid = _forward(view, toks, row_layers)
-    final_lp = torch.log_softmax(logits[0].float(), dim=-1)  # [T, V]
     str_tokens = view.to_str_tokens(toks[0])
     next_ids = toks[0, 1:].tolist() + [None]
-    final_top = final_lp.argmax(-1).tolist()
+    final_top = logits[0].argmax(-1).tolist()
     grid: dict[str, Any] = {
         "title": title or "lens comparison",
         "prompt": prompt if isinstance(prompt, str) else "".join(str_tokens),
@@ -507,10 +494,7 @@ def compare(
     R, V = len(row_layers), view.d_vocab
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
-        idx = torch.arange(T, device=toks.device) + n
-        ok = idx < T
-        f = torch.where(ok[:, None], final_lp[idx.clamp_max(T - 1)],
-                        torch.full_like(final_lp, math.nan))
+        f = _final_for(logits, list(range(T)), n)
         tgt = _targets_for(toks, list(range(T)), n, "next")[0]
         panel: dict[str, Any] = {
             "name": lens.name, "token_fed": bool(lens.token_fed),
@@ -560,7 +544,9 @@ def compare(
                 continue
             red = reds[layer]
             h = resid[row_layers.index(layer)][0]
-            tp = _reduce(lens, layer, h, None, None, 1, track_ids=track)["tracked"]
+            # Tracked ids after the fact: their logits only, normalised by the first pass's
+            # log Z (no second full-vocabulary readout).
+            tp = (lens.logits_at(h, layer, track).float() - red["log_z"][:, None]).exp()
             tracked_probs.append(tp.tolist())
             ids = red["top_ids"].tolist()
             panel["available"].append([True] * T)

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout
+
 __all__ = ["COLUMNS", "LensEvaluation", "evaluate"]
 
 COLUMNS = [
@@ -386,15 +388,15 @@ def evaluate(
         for toks, logits, resid in _data.iter_batches(view, windows, layers=all_layers,
                                                       batch_size=batch_size, verbose=verbose,
                                                       desc="evaluate"):
-            final_lp = torch.log_softmax(logits.float(), -1)
             for n in ns:
                 Tn = T - 1 - n  # positions t with a token t + 1 + n
-                f = final_lp[:, n : n + Tn].reshape(-1, view.d_vocab)
+                f = FinalDistribution.from_logits(
+                    logits[:, n : n + Tn].reshape(-1, view.d_vocab))
                 corpus = toks[:, 1 + n : 1 + n + Tn].reshape(-1)
-                label = f.argmax(-1) if label_source == "model_greedy" else corpus
+                label = f.logits.argmax(-1) if label_source == "model_greedy" else corpus
                 base_labels[n].append(label.cpu())
                 base_prev[n].append(toks[:, n : n + Tn].reshape(-1).cpu())
-                conf = f.exp().max(-1).values
+                conf = f.probs.max(-1).values
                 for lens in plain:
                     for layer in lens_layers[lens.name]:
                         h = resid[all_layers.index(layer)][:, :Tn].reshape(-1, view.d_model)
@@ -456,37 +458,25 @@ def evaluate(
     return LensEvaluation.concat(parts)
 
 
-def _score_rows(lens: Any, layer: int, h: Tensor, final_lp: Tensor, label: Tensor,
+def _score_rows(lens: Any, layer: int, h: Tensor, final: FinalDistribution, label: Tensor,
                 corpus: Tensor, ks: list[int]) -> dict[str, Any]:
-    """Sums and counts of every metric over rows, chunked so logits stay small."""
-    from futurelens_tl.compare import _CHUNK_FLOATS
-
-    V = final_lp.shape[-1]
-    chunk = max(1, _CHUNK_FLOATS // V)
+    """Sums and counts of every metric over rows (one fused reduction, ``lenses.reduction``)."""
+    # Column 0 (the label) is ranked for precision@k; column 1 (the corpus token) gives CE.
+    st = reduce_readout(lens, layer, h, 1, final=final,
+                        targets=torch.stack([label, corpus], dim=-1), ranks=1)
+    n = h.shape[0]
+    rank = st["target_ranks"][:, 0]
     tot: dict[str, list[float]] = {}
-    hits1 = []
 
     def add(name: str, v: float, c: int) -> None:
-        a = tot.setdefault(name, [0.0, 0])
-        a[0] += v
-        a[1] += c
+        tot[name] = [v, c]
 
-    with torch.no_grad():
-        for s in range(0, h.shape[0], chunk):
-            lp = lens.log_probs(h[s : s + chunk], layer)
-            f = final_lp[s : s + chunk]
-            lab = label[s : s + chunk]
-            n = lp.shape[0]
-            tl = lp.gather(-1, lab[:, None])
-            rank = (lp > tl).sum(-1) + 1
-            for kk in ks:
-                add(f"precision@{kk}", float((rank <= kk).sum()), n)
-            hits1.append(rank <= 1)
-            pred = lp.argmax(-1)
-            add("surprisal", float(-f.gather(-1, pred[:, None]).sum()), n)
-            add("kl", float((f.exp() * (f - lp)).sum(-1).clamp_min(0).sum()), n)
-            add("entropy", float(-(lp.exp() * lp).sum()), n)
-            add("ce", float(-lp.gather(-1, corpus[s : s + chunk, None]).sum()), n)
+    for kk in ks:
+        add(f"precision@{kk}", float((rank <= kk).sum()), n)
+    add("surprisal", float(-final.log_prob(st["top_ids"][:, 0]).sum()), n)
+    add("kl", float(st["kl"].sum()), n)
+    add("entropy", float(st["entropy"].sum()), n)
+    add("ce", float(-st["target_log_probs"][:, 1].sum()), n)
     out: dict[str, Any] = {k_: (v[0], v[1]) for k_, v in tot.items()}
-    out["_hits1"] = torch.cat(hits1).float()
+    out["_hits1"] = (rank <= 1).float()
     return out

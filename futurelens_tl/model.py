@@ -437,7 +437,25 @@ class ModelView:
 
     def unembed(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
         """``x @ W_U + b_U`` followed by the model's output transform (soft-cap), if any."""
-        logits = x @ self.W_U + self.b_U
+        flat = x.reshape(-1, x.shape[-1])
+        b = self.b_U
+        # Each [rows, vocab] pass shows next to the matmul on CPU: skip an all-zero bias (GPT-2
+        # has none) and fuse a real one (addmm) instead of a separate "+ b_U".
+        if bool(b.any()):
+            logits = torch.addmm(b.to(flat.dtype), flat, self.W_U)
+        else:
+            logits = flat @ self.W_U
+        logits = logits.reshape(*x.shape[:-1], self.W_U.shape[-1])
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def unembed_at(
+        self, x: Float[Tensor, "... d_model"], ids: Int[Tensor, " n"]
+    ) -> Float[Tensor, "... n"]:
+        """:meth:`unembed` restricted to the token ``ids`` (``O(n d)`` per row, not ``O(V d)``)."""
+        logits = x @ self.W_U[:, ids] + self.b_U[ids]
         cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)

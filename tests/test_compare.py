@@ -84,9 +84,9 @@ def test_small_chunks_same_answer(setup, monkeypatch):
     model, view, logit, tuned = setup
     toks = _tokens(view)
     _, a = fl.run_with_lenses(model, toks, [tuned], top_k=3)
-    import futurelens_tl.compare as C
+    import futurelens_tl.lenses.reduction as R
 
-    monkeypatch.setattr(C, "_CHUNK_FLOATS", view.d_vocab * 3)  # 3 rows per chunk
+    monkeypatch.setattr(R, "CHUNK_FLOATS", view.d_vocab * 3)  # 3 rows per chunk
     _, b = fl.run_with_lenses(model, toks, [tuned], top_k=3)
     for layer in tuned.layers:
         assert torch.equal(a["tuned", layer].top_ids, b["tuned", layer].top_ids)

@@ -105,3 +105,25 @@ def test_bad_layer(tiny_bridge):
         lens(torch.zeros(1, 32), -1)
     with pytest.raises(ValueError, match="out of range"):
         fl.LogitLens(tiny_bridge, layers=[5])
+
+
+def test_unembed_bias_and_logits_at():
+    """A non-zero b_U takes the fused addmm path; logits_at(ids) equals forward(...)[..., ids]."""
+    model = native_bridge()
+    view = as_view(model)
+    with torch.no_grad():
+        view.b_U.add_(torch.randn(view.d_vocab, generator=torch.Generator().manual_seed(1)))
+    assert view.b_U.abs().sum() > 0
+    toks = _tokens(view)
+    logits, resid = view.residuals(toks)
+    assert torch.allclose(view.readout(resid[-1]), logits, atol=1e-5)
+    ids = torch.tensor([0, 7, 3, 60])
+    tuned = fl.TunedLens(model)
+    with torch.no_grad():
+        for t in tuned.translators:
+            t.weight.normal_(0, 0.05)
+    for lens in (fl.LogitLens(model), tuned):
+        for layer in (-1, 0):
+            full = lens(resid[layer + 1], layer)
+            assert torch.allclose(lens.logits_at(resid[layer + 1], layer, ids), full[..., ids],
+                                  atol=1e-5)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.model import Basis, LayerLike, ModelView, as_view
@@ -80,9 +80,22 @@ class Lens(torch.nn.Module):
     def forward(
         self, resid: Float[Tensor, "... d_model"], layer: int
     ) -> Float[Tensor, "... d_vocab"]:
-        """Logits read from ``resid`` taken at ``layer``."""
+        """Logits read from ``resid`` taken at ``layer`` (a new tensor: readers may modify it)."""
         self.check_layer(layer)
         return self.view.readout(self.transform(resid, layer))
+
+    def logits_at(
+        self, resid: Float[Tensor, "... d_model"], layer: int, ids: Int[Tensor, " n"]
+    ) -> Float[Tensor, "... n"]:
+        """Logits of the token ``ids`` only: ``forward(resid, layer)[..., ids]``.
+
+        Lenses that read through ``final_norm + unembed`` (those that override only
+        :meth:`transform`) skip the other ``d_vocab - n`` columns.
+        """
+        if type(self).forward is Lens.forward:
+            self.check_layer(layer)
+            return self.view.unembed_at(self.view.final_norm(self.transform(resid, layer)), ids)
+        return self.forward(resid, layer)[..., ids]
 
     def log_probs(
         self, resid: Float[Tensor, "... d_model"], layer: int
