@@ -212,6 +212,58 @@ def test_hooks_inside_a_run_do_not_leak(model):
 
 
 # ---------------------------------------------------------------- training and evaluation
+@pytest.mark.parametrize("method, kw", [
+    ("linear_hidden", dict(n_ahead=(1, 2), linear_epochs=3, linear_batch_size=8)),
+    ("linear_vocab", dict(n_ahead=(1,), vocab_epochs=3, vocab_rank=4, linear_batch_size=8)),
+    ("learned_prompt", dict(prompt_epochs=3, prompt_batch_size=16, prompt_lr=1e-2)),
+])
+def test_fit_resume_reproduces_uninterrupted(model, data, tmp_path, method, kw):
+    """Epoch checkpoints: stopped after 1 epoch, resumed in a fresh lens == uninterrupted."""
+    full = FutureLens.fit(model, None, method, layers=[0, 1], data=data, verbose=False, **kw)
+    ck = tmp_path / f"{method}.pt"
+    part = FutureLens.fit(model, None, method, layers=[0, 1], data=data, verbose=False,
+                          checkpoint=ck, stop_after_epochs=1, **kw)
+    assert ck.exists() and not part.training_summary["finished"]
+    assert len(part.training_summary["val_kl_history"]) == 2  # init + one epoch
+    resumed = FutureLens.fit(model, None, method, layers=[0, 1], data=data, verbose=False,
+                             checkpoint=ck, **kw)
+    s = resumed.training_summary
+    assert s["finished"] and s["resumed_from_epoch"] == 1
+    assert s["val_kl_history"] == full.training_summary["val_kl_history"]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    # other settings (another lr, other layers) refuse the checkpoint
+    with pytest.raises(ValueError, match="other settings"):
+        FutureLens.fit(model, None, method, layers=[1], data=data, verbose=False,
+                       checkpoint=ck, **kw)
+
+
+def test_learned_prompt_divergence_names_epoch_and_keeps_checkpoint(model, data, tmp_path,
+                                                                    monkeypatch):
+    from futurelens_tl.lenses.trainer import TrainingDivergedError
+
+    seen = {"epoch": -1}
+    batches, loss = FutureLens._train_batches, FutureLens._prompt_loss
+
+    def spy_batches(self, idx, bs, epoch):
+        seen["epoch"] = epoch
+        return batches(self, idx, bs, epoch)
+
+    def nan_in_epoch_1(self, d, bidx):  # training losses only (validation runs under no_grad)
+        out = loss(self, d, bidx)
+        return out * math.nan if seen["epoch"] == 1 and torch.is_grad_enabled() else out
+
+    monkeypatch.setattr(FutureLens, "_train_batches", spy_batches)
+    monkeypatch.setattr(FutureLens, "_prompt_loss", nan_in_epoch_1)
+    ck = tmp_path / "lp.pt"
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1 step 0.*checkpoint"):
+        FutureLens.fit(model, None, "learned_prompt", layers=[1], data=data, verbose=False,
+                       checkpoint=ck, prompt_epochs=2, prompt_batch_size=16)
+    kept = torch.load(ck, weights_only=True)
+    assert kept["epoch"] == 1 and torch.isfinite(kept["lens"]["soft_prompt"]).all()
+
+
 def test_fit_all_methods_and_evaluate_contract(model, data):
     lenses = [
         FutureLens.fit(model, None, "linear_hidden", n_ahead=(0, 1, 2), data=data,

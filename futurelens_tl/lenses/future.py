@@ -33,6 +33,7 @@ layers and methods) and are reused across methods and epochs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_artifact, save_artifact
 from futurelens_tl.lenses.base import Lens, LensMismatchError
 from futurelens_tl.lenses.future_data import LABEL_SOURCES, FutureLensData, build_features
+from futurelens_tl.lenses.trainer import EpochCheckpoint, TrainingDivergedError
 from futurelens_tl.model import ModelView, as_view
 
 __all__ = [
@@ -641,6 +643,9 @@ class FutureLens(Lens):
         config: FutureLensConfig | None = None,
         data: FutureLensData | None = None,
         verbose: bool = True,
+        checkpoint: str | os.PathLike[str] | None = None,
+        resume: bool = True,
+        stop_after_epochs: int | None = None,
         **overrides: Any,
     ) -> FutureLens:
         """Fit a Future Lens of one method on a corpus (or on cached features).
@@ -656,6 +661,14 @@ class FutureLens(Lens):
             config: Settings (:class:`FutureLensConfig`); keyword ``overrides`` replace fields.
             data: Cached features from :func:`build_features`, reused across methods.
             verbose: Progress bars.
+            checkpoint: File for atomic end-of-epoch checkpoints (parameters, optimiser state,
+                validation history and best-so-far state). An existing one written under the
+                same settings is resumed (``resume``) and ends in the same parameters as an
+                uninterrupted run; one written under other settings is refused.
+            resume: Resume from ``checkpoint`` when it exists (``False`` starts over).
+            stop_after_epochs: Stop after this many completed epochs (time-boxed jobs); the
+                returned lens holds the best state so far and
+                ``training_summary["finished"]`` is False.
             **overrides: :class:`FutureLensConfig` fields to replace (``prompt_lr=...``).
 
         Returns:
@@ -705,18 +718,33 @@ class FutureLens(Lens):
         if len(data.indices("train")) == 0:
             raise ValueError("the features have no training examples; check splits.")
         t0 = time.perf_counter()
+        ck = EpochCheckpoint(checkpoint, lens._fit_settings(data), resume=resume,
+                             stop_after=stop_after_epochs)
         if method == "linear_hidden":
-            info = lens._fit_linear_hidden(data, verbose)
+            info = lens._fit_linear_hidden(data, verbose, ck)
         elif method == "linear_vocab":
-            info = lens._fit_linear_vocab(data, verbose)
+            info = lens._fit_linear_vocab(data, verbose, ck)
         else:
-            info = lens._fit_prompt(data, verbose)
+            info = lens._fit_prompt(data, verbose, ck)
+        info["resumed_from_epoch"] = ck.start_epoch if ck.state is not None else None
         lens.basis, lens.fingerprint = view.basis, view.fingerprint
         lens.training_summary = {
             "method": method, "train_s": time.perf_counter() - t0,
             "extract_s": data.meta.get("extract_s"), "data": data.summary(), **info,
         }
         return lens
+
+    def _fit_settings(self, data: FutureLensData) -> dict[str, Any]:
+        """What a fit depends on: a checkpoint written under other settings is refused."""
+        digest = hashlib.sha256()
+        for t in (data.tokens, data.labels, data.source_pos, data.split):
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return {
+            "method": self.method, "layers": list(self.layers),
+            "n_aheads": list(self.n_aheads), "fingerprint": self.view.fingerprint,
+            "basis": self.view.basis, "data": digest.hexdigest()[:16],
+            "config": json.loads(json.dumps(asdict(self.config), default=str)),
+        }
 
     def _train_batches(self, idx: Tensor, bs: int, epoch: int) -> list[Tensor]:
         g = torch.Generator().manual_seed(self.config.seed * 1000 + epoch)
@@ -734,10 +762,11 @@ class FutureLens(Lens):
                     tot += float(_kl(tlp, self._linear_logits(h, li, j)).mean())
         return tot / (len(self.n_aheads) * len(self.layers))
 
-    def _fit_linear_hidden(self, data: FutureLensData, verbose: bool) -> dict[str, Any]:
+    def _fit_linear_hidden(self, data: FutureLensData, verbose: bool,
+                           ck: EpochCheckpoint) -> dict[str, Any]:
         cfg = self.config
         tr, va = data.indices("train"), data.indices("val")
-        if cfg.linear_ls:
+        if cfg.linear_ls and ck.state is None:
             with torch.no_grad():
                 for i, layer in enumerate(self.layers):
                     x = data.sources[data.layer_row(layer), tr].double()
@@ -752,13 +781,19 @@ class FutureLens(Lens):
                         a = torch.linalg.solve(xtx, xc.T @ (y - ym))
                         self.A.data[i, j] = a.to(self.A.dtype)
                         self.b.data[i, j] = (ym - xm @ a).to(self.b.dtype)
-        history: list[float] = []
-        best = self._blind_val_kl(data, va) if len(va) else float("nan")
-        history.append(best)
-        best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         opt = torch.optim.SGD([self.A, self.b], lr=cfg.linear_lr, momentum=cfg.linear_momentum,
                               nesterov=True, weight_decay=cfg.linear_weight_decay)
-        for epoch in range(cfg.linear_epochs):
+        if ck.state is None:
+            best = self._blind_val_kl(data, va) if len(va) else float("nan")
+            history = [best]
+            best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        else:
+            history, best, best_state = self._restore(ck.state, opt)
+        finished = True
+        for epoch in range(ck.start_epoch, cfg.linear_epochs):
+            if ck.should_stop(epoch):
+                finished = False
+                break
             batches = self._train_batches(tr, cfg.linear_batch_size, epoch)
             opt.zero_grad()
             for step, bidx in enumerate(progress(batches, verbose=verbose,
@@ -769,17 +804,33 @@ class FutureLens(Lens):
                     self._clip_per_map([self.A, self.b], cfg.linear_clip)
                     opt.step()
                     opt.zero_grad()
+            diverged = False
             if len(va):
                 val = self._blind_val_kl(data, va)
                 history.append(val)
-                if not math.isfinite(val):
-                    break
+                diverged = not math.isfinite(val)  # stop; the best state so far is kept
                 if val < best:
                     best = val
                     best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+            done = cfg.linear_epochs if diverged else epoch + 1
+            self._checkpoint(ck, done, opt, history, best, best_state)
+            if diverged:
+                break
         self.load_state_dict(best_state)
-        return {"val_kl_history": history, "best_val_kl": best,
+        return {"val_kl_history": history, "best_val_kl": best, "finished": finished,
                 "n_train": len(tr), "n_val": len(va)}
+
+    def _checkpoint(self, ck: EpochCheckpoint, epoch: int, opt: torch.optim.Optimizer,
+                    history: list[float], best: float, best_state: Any, **extra: Any) -> None:
+        ck.save(epoch, lens={k: v.detach().clone() for k, v in self.state_dict().items()},
+                optimizer=opt.state_dict(), history=list(history), best=float(best),
+                best_state=best_state, **extra)
+
+    def _restore(self, state: dict[str, Any],
+                 opt: torch.optim.Optimizer) -> tuple[list[float], float, Any]:
+        self.load_state_dict(state["lens"])
+        opt.load_state_dict(state["optimizer"])
+        return list(state["history"]), float(state["best"]), state["best_state"]
 
     @staticmethod
     def _clip_per_map(params: list[torch.nn.Parameter], max_norm: float) -> None:
@@ -802,19 +853,27 @@ class FutureLens(Lens):
                 loss = loss + _kl(tlp, self._linear_logits(h, li, j)).mean()
         return loss
 
-    def _fit_linear_vocab(self, data: FutureLensData, verbose: bool) -> dict[str, Any]:
+    def _fit_linear_vocab(self, data: FutureLensData, verbose: bool,
+                          ck: EpochCheckpoint) -> dict[str, Any]:
         cfg = self.config
         tr, va = data.indices("train"), data.indices("val")
-        with torch.no_grad():  # bias = log of the mean model distribution (a unigram start)
-            for j, n in enumerate(self.n_aheads):
-                mean_p = data.target_logprobs(self.view, n, tr).exp().mean(0)
-                self.c.data[:, j] = mean_p.clamp_min(1e-12).log().to(self.c.device)
         params = [p for p in self.parameters()]
         opt = torch.optim.AdamW(params, lr=cfg.vocab_lr, weight_decay=0.0)
-        history = [self._blind_val_kl(data, va)] if len(va) else [float("nan")]
-        best = history[0]
-        best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
-        for epoch in range(cfg.vocab_epochs):
+        if ck.state is None:
+            with torch.no_grad():  # bias = log of the mean model distribution (a unigram start)
+                for j, n in enumerate(self.n_aheads):
+                    mean_p = data.target_logprobs(self.view, n, tr).exp().mean(0)
+                    self.c.data[:, j] = mean_p.clamp_min(1e-12).log().to(self.c.device)
+            history = [self._blind_val_kl(data, va)] if len(va) else [float("nan")]
+            best = history[0]
+            best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        else:
+            history, best, best_state = self._restore(ck.state, opt)
+        finished = True
+        for epoch in range(ck.start_epoch, cfg.vocab_epochs):
+            if ck.should_stop(epoch):
+                finished = False
+                break
             for bidx in progress(self._train_batches(tr, cfg.linear_batch_size, epoch),
                                  verbose=verbose, desc=f"linear_vocab epoch {epoch}"):
                 loss = self._blind_loss(data, bidx)
@@ -827,8 +886,10 @@ class FutureLens(Lens):
                 if math.isfinite(val) and val < best:
                     best = val
                     best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+            self._checkpoint(ck, epoch + 1, opt, history, best, best_state)
         self.load_state_dict(best_state)
-        return {"val_kl_history": history, "best_val_kl": best, "n_train": len(tr)}
+        return {"val_kl_history": history, "best_val_kl": best, "finished": finished,
+                "n_train": len(tr)}
 
     def _prompt_loss(self, data: FutureLensData, bidx: Tensor) -> Tensor:
         """Sum over source layers of the batchmean KL, averaged over ``train_n``."""
@@ -845,7 +906,8 @@ class FutureLens(Lens):
             loss = loss + _kl(tlp, logits).view(nl, b).mean(1).sum()
         return loss / len(self.config.train_n)
 
-    def _fit_prompt(self, data: FutureLensData, verbose: bool) -> dict[str, Any]:
+    def _fit_prompt(self, data: FutureLensData, verbose: bool,
+                    ck: EpochCheckpoint) -> dict[str, Any]:
         cfg = self.config
         tr, va = data.indices("train"), data.indices("val")
         if cfg.max_train_examples is not None:
@@ -861,19 +923,30 @@ class FutureLens(Lens):
                           for s in range(0, len(va), 64))
             return tot / len(va) / len(self.layers)
 
-        history = [val_kl()]
-        best = history[0]
-        best_state = self.soft_prompt.detach().clone()
-        steps = 0
-        for epoch in range(cfg.prompt_epochs):
+        if ck.state is None:
+            history = [val_kl()]
+            best = history[0]
+            best_state = self.soft_prompt.detach().clone()
+            steps = 0
+        else:
+            history, best, best_state = self._restore(ck.state, opt)
+            steps = int(ck.state["steps"])
+        finished = True
+        for epoch in range(ck.start_epoch, cfg.prompt_epochs):
+            if ck.should_stop(epoch):
+                finished = False
+                break
             batches = self._train_batches(tr, cfg.prompt_batch_size, epoch)
             opt.zero_grad()
             for step, bidx in enumerate(progress(batches, verbose=verbose,
                                                  desc=f"learned_prompt epoch {epoch}")):
                 loss = self._prompt_loss(data, bidx) / cfg.prompt_grad_accum
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch} step {step}; lower prompt_lr.")
+                    where = (f" The state after epoch {epoch} is in checkpoint {ck.path!r}."
+                             if ck.path and epoch > 0 else "")
+                    raise TrainingDivergedError(
+                        f"non-finite loss at epoch {epoch} step {step}; training stopped.{where}"
+                        " Lower prompt_lr.")
                 loss.backward()
                 if (step + 1) % cfg.prompt_grad_accum == 0 or step == len(batches) - 1:
                     opt.step()
@@ -884,9 +957,10 @@ class FutureLens(Lens):
             if len(va) == 0 or (math.isfinite(val) and val < best):
                 best = val
                 best_state = self.soft_prompt.detach().clone()
+            self._checkpoint(ck, epoch + 1, opt, history, best, best_state, steps=steps)
         self.soft_prompt.data.copy_(best_state)
         return {"val_kl_history": history, "best_val_kl": best, "optimizer_steps": steps,
-                "n_train": len(tr), "n_val": len(va)}
+                "finished": finished, "n_train": len(tr), "n_val": len(va)}
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, model: Any, texts: Any = None, **kw: Any) -> Any:

@@ -31,7 +31,8 @@ from torch import Tensor
 from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
 
-__all__ = ["TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError", "rank_seed"]
+__all__ = ["EpochCheckpoint", "TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError",
+           "rank_seed"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -266,3 +267,57 @@ class Trainer:
         if c.checkpoint_path and (self.step == end):
             self.save()
         return TrainResult(self.step, self.history, resumed, self.step >= c.steps)
+
+
+class EpochCheckpoint:
+    """Epoch-boundary checkpoints for epoch-based trainers (the Future Lens fits).
+
+    The caller saves its whole state at the end of every epoch (parameters, optimiser state,
+    validation history, best-so-far state); batches must be a function of the epoch index, so a
+    run resumed from epoch ``e`` sees exactly the batches the uninterrupted run saw and ends in
+    the same parameters. An interrupted epoch is redone from its start.
+
+    Args:
+        path: Checkpoint file (``None`` = no checkpoints; every method becomes a no-op).
+        settings: JSON-like description of everything the result depends on (method, layers,
+            config, model fingerprint, data digest); a checkpoint written under other settings
+            is refused.
+        resume: Load ``path`` if it exists.
+        stop_after: Stop after this many completed epochs (time-boxed jobs); ``None`` = never.
+
+    Attributes:
+        state: The loaded checkpoint (``None`` when starting fresh).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, settings: dict[str, Any],
+                 resume: bool = True, stop_after: int | None = None):
+        if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
+            raise ValueError(f"stop_after={stop_after!r} must be None or an int >= 0")
+        self.path = None if path is None else os.fspath(path)
+        self.settings = settings
+        self.stop_after = stop_after
+        self.state: dict[str, Any] | None = None
+        if self.path and resume and os.path.exists(self.path):
+            state = load_checkpoint(self.path)
+            theirs = state.get("settings", {})
+            diff = {k: (theirs.get(k), v) for k, v in settings.items() if theirs.get(k) != v}
+            if diff:
+                raise ValueError(
+                    f"checkpoint {self.path!r} was written with other settings (checkpoint vs "
+                    f"now: {diff}); resume with the same settings, or delete it / pass "
+                    "resume=False to start over."
+                )
+            self.state = state
+
+    @property
+    def start_epoch(self) -> int:
+        return 0 if self.state is None else int(self.state["epoch"])
+
+    def should_stop(self, epoch: int) -> bool:
+        """True before running ``epoch`` when ``stop_after`` epochs are complete."""
+        return self.stop_after is not None and epoch >= self.stop_after
+
+    def save(self, epoch: int, **state: Any) -> None:
+        """Atomically write the state after ``epoch`` completed epochs."""
+        if self.path:
+            save_checkpoint(self.path, {"settings": self.settings, "epoch": int(epoch), **state})
