@@ -21,12 +21,13 @@ Layer convention (everywhere in the package): layer ``l`` is the output of block
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -568,6 +569,46 @@ class ModelView:
         logits, cache = self.run_with_cache(tokens, names, **kwargs)
         return logits, torch.stack([cache[n] for n in names])
 
+    def frozen_readout(self) -> Callable[[Tensor], Tensor]:
+        """:meth:`readout` with the model's weights detached (gradients reach ``x`` only).
+
+        Trainers back-propagate into lens parameters through the readout; detaching the norm and
+        unembedding weights once keeps the model out of every graph.
+        """
+        ln = self.ln_final
+        norm = NormParams(ln.kind, None if ln.w is None else ln.w.detach(),
+                          None if ln.b is None else ln.b.detach(), ln.eps)
+        W_U = self.W_U.detach()
+        b_U = self.b_U.detach()
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0) or -1.0
+
+        def readout(x: Tensor) -> Tensor:
+            logits = norm(x) @ W_U + b_U
+            if cap > 0:
+                logits = cap * torch.tanh(logits / cap)
+            return logits
+
+        return readout
+
+    @contextlib.contextmanager
+    def isolated_hooks(self) -> Iterator[None]:
+        """Temporarily detach every forward hook already on the model's hook points.
+
+        A lens that runs the model from inside a hook (the Future Lens prompt methods under
+        ``run_with_lenses``) would otherwise re-trigger the outer hooks on its inner run.
+        """
+        saved: list[tuple[Any, dict[int, Any]]] = []
+        for hp in getattr(self.model, "hook_dict", {}).values():
+            hooks = getattr(hp, "_forward_hooks", None)
+            if hooks:
+                saved.append((hp, dict(hooks)))
+                hooks.clear()
+        try:
+            yield
+        finally:
+            for hp, hooks in saved:
+                hp._forward_hooks.update(hooks)
+
     def freeze(self) -> ModelView:
         """Put the model in eval mode with ``requires_grad_(False)`` (trainers call this)."""
         self.model.eval()
@@ -745,9 +786,54 @@ def _load_bridge(name: str, dev: torch.device, dtype: torch.dtype, process: bool
     return bridge
 
 
+def hooked_from_hf_gpt2(path: str | os.PathLike[str], name: str | None = None,
+                        tokenizer: Any = None, process_weights: bool = False) -> Any:
+    """A TL 3.x ``HookedTransformer`` from a local Hugging Face GPT-2 directory, hub-free.
+
+    TL 3's ``from_pretrained`` only knows official model names (and looks them up on the hub);
+    this builds the ``HookedTransformerConfig`` from the directory's ``config.json`` and converts
+    the weights with TL's own ``convert_gpt2_weights``. Raw basis unless ``process_weights``
+    (fold LN, centre writing weights and the unembedding).
+    """
+    import transformer_lens
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    path = os.fspath(path)
+    hf = GPT2LMHeadModel.from_pretrained(path, torch_dtype=torch.float32)
+    c = hf.config
+    cfg = transformer_lens.HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, n_ctx=c.n_positions, d_head=c.n_embd // c.n_head,
+        n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd, d_vocab=c.vocab_size,
+        act_fn=c.activation_function, eps=c.layer_norm_epsilon, normalization_type="LN",
+        positional_embedding_type="standard", original_architecture="GPT2LMHeadModel",
+        model_name=name or os.path.basename(os.path.normpath(path)), default_prepend_bos=True,
+        tokenizer_prepends_bos=False, dtype=torch.float32, device="cpu",
+    )
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model = transformer_lens.HookedTransformer(cfg, tokenizer=tokenizer)
+    model.load_and_process_state_dict(
+        convert_gpt2_weights(hf, cfg), fold_ln=process_weights,
+        center_writing_weights=process_weights, center_unembed=process_weights,
+        fold_value_biases=process_weights,
+    )
+    model.eval()
+    return model
+
+
 def _load_hooked(name: str, dev: torch.device, dtype: torch.dtype, process: bool) -> Any:
     import transformer_lens
 
+    if os.path.isfile(os.path.join(name, "config.json")):
+        with open(os.path.join(name, "config.json")) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type == "gpt2":  # local directory: build it here (TL 3 would ask the hub)
+            try:
+                model = hooked_from_hf_gpt2(name, process_weights=process)
+            except Exception as err:
+                raise _load_error(name, err) from err
+            return model.to(dev).to(dtype)
     hooked_cls = transformer_lens.HookedTransformer
     try:
         if process:

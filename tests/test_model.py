@@ -206,3 +206,24 @@ def test_fuzz_native_configs(n_layers, n_heads, d_head, kv_div, norm, pos, seed)
     assert (view.W_pos is None) == (pos == "rotary")
     assert view.ln_final.kind == norm
     assert view.n_kv_heads == n_kv
+
+
+def test_hooked_backend_loads_a_local_gpt2_directory(tmp_path):
+    """TL 3: load_model(dir, backend='hooked') builds the model offline, raw or processed."""
+    if tl_major() >= 4:
+        pytest.skip("HookedTransformer needs TransformerLens 3.x")
+    from transformers import GPT2LMHeadModel
+
+    hf_gpt2_bridge(tmp_path)  # writes tmp_path / "hf_gpt2" (perturbed norms)
+    path = tmp_path / "hf_gpt2"
+    hf = GPT2LMHeadModel.from_pretrained(str(path)).eval()
+    toks = torch.randint(1, 61, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = torch.log_softmax(hf(toks).logits, -1)
+    raw = fl.load_model(str(path), backend="hooked", device="cpu")
+    proc = fl.load_model(str(path), backend="hooked", device="cpu", process_weights=True)
+    assert type(raw).__name__ == "HookedTransformer"
+    assert as_view(raw).basis == "raw" and as_view(proc).basis == "processed"
+    for model in (raw, proc):
+        got = torch.log_softmax(model(toks), -1)
+        assert torch.allclose(got, want, atol=1e-4)

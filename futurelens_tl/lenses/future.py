@@ -39,7 +39,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -224,27 +224,6 @@ class FutureLensConfig:
 
 
 # ====================================================================== helpers
-@contextlib.contextmanager
-def _isolated_hooks(model: Any) -> Iterator[None]:
-    """Temporarily detach every forward hook already on the model's hook points.
-
-    The prompt methods run the model from inside a lens hook (``run_with_lenses``); without
-    isolation the outer hooks would fire on the inner run. Private helper touching
-    TransformerLens ``HookPoint`` modules (candidate for ``ModelView``).
-    """
-    saved: list[tuple[Any, dict[int, Any]]] = []
-    for hp in getattr(model, "hook_dict", {}).values():
-        hooks = getattr(hp, "_forward_hooks", None)
-        if hooks:
-            saved.append((hp, dict(hooks)))
-            hooks.clear()
-    try:
-        yield
-    finally:
-        for hp, hooks in saved:
-            hp._forward_hooks.update(hooks)
-
-
 def _as_n_tuple(n_ahead: int | Iterable[int], arg: str = "n_ahead") -> tuple[int, ...]:
     vals = (n_ahead,) if isinstance(n_ahead, int) else tuple(n_ahead)
     if not vals:
@@ -472,7 +451,7 @@ class FutureLens(Lens):
         ctx = (torch.autocast("cuda", dtype=torch.bfloat16)
                if self.config.autocast == "bf16" and view.device.type == "cuda"
                else contextlib.nullcontext())
-        with _isolated_hooks(view.model), ctx:
+        with view.isolated_hooks(), ctx:
             logits = view.run_with_hooks(tokens, hooks)
         return logits[:, p - 1 :] if all_positions else logits[:, -1]
 

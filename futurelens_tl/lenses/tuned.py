@@ -41,33 +41,12 @@ from futurelens_tl.lenses.artifacts import (
 )
 from futurelens_tl.lenses.base import Lens, LensMismatchError
 from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult
-from futurelens_tl.model import LayerLike, ModelView, NormParams, as_view, tl_version
+from futurelens_tl.model import LayerLike, as_view, tl_version
 
 __all__ = ["TunedLens"]
 
 FORMAT = "futurelens_tl.tuned_lens"
 FORMAT_VERSION = 1
-
-
-def frozen_readout(view: ModelView) -> Any:
-    """``view.readout`` with the model's weights detached (no gradients into the model).
-
-    Private helper: candidates for ``ModelView`` (a ``readout(..., detach=True)`` option).
-    """
-    ln = view.ln_final
-    norm = NormParams(ln.kind, None if ln.w is None else ln.w.detach(),
-                      None if ln.b is None else ln.b.detach(), ln.eps)
-    W_U = view.W_U.detach()
-    b_U = view.b_U.detach()
-    cap = getattr(view.cfg, "output_logits_soft_cap", -1.0) or -1.0
-
-    def readout(x: Tensor) -> Tensor:
-        logits = norm(x) @ W_U + b_U
-        if cap > 0:
-            logits = cap * torch.tanh(logits / cap)
-        return logits
-
-    return readout
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> Tensor:
@@ -234,7 +213,7 @@ class TunedLens(Lens):
             checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after, seed=seed,
             verbose=verbose, desc=f"tuned lens ({self.name})",
         )
-        readout = frozen_readout(view)
+        readout = view.frozen_readout()
         shift = self.token_shift
         n_windows = windows.shape[0]
         # only translators of covered layers train; the others stay at zero

@@ -219,7 +219,10 @@ def load_toy_checkpoint(path: str | os.PathLike, backend: str = "bridge") -> Any
                 f"{tl_version()} is installed, which removed HookedTransformer. Use "
                 "backend='bridge' (the default)."
             )
-        return _load_hooked(path, name)
+        from futurelens_tl.model import hooked_from_hf_gpt2
+        from futurelens_tl.toy.tokenizer import load_tokenizer
+
+        return hooked_from_hf_gpt2(path, name, tokenizer=load_tokenizer(path))
     from transformer_lens.model_bridge import TransformerBridge
 
     bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
@@ -229,50 +232,6 @@ def load_toy_checkpoint(path: str | os.PathLike, backend: str = "bridge") -> Any
         pass
     bridge.eval()
     return bridge
-
-
-def _load_hooked(path: Path, name: str) -> Any:
-    """HookedTransformer (TL 3.x) with raw weights converted from the HF checkpoint.
-
-    TL-specific helper (candidate for ``ModelView``/``model.py``): builds the
-    ``HookedTransformerConfig`` by hand so nothing is looked up on the hub.
-    """
-    import torch
-    import transformer_lens
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-    from transformers import GPT2LMHeadModel
-
-    from futurelens_tl.toy.tokenizer import load_tokenizer
-
-    hf = GPT2LMHeadModel.from_pretrained(str(path), torch_dtype=torch.float32)
-    c = hf.config
-    cfg = transformer_lens.HookedTransformerConfig(
-        n_layers=c.n_layer,
-        d_model=c.n_embd,
-        n_ctx=c.n_positions,
-        d_head=c.n_embd // c.n_head,
-        n_heads=c.n_head,
-        d_mlp=c.n_inner or 4 * c.n_embd,
-        d_vocab=c.vocab_size,
-        act_fn="gelu_new",
-        eps=c.layer_norm_epsilon,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        model_name=name,
-        default_prepend_bos=True,
-        tokenizer_prepends_bos=False,
-        dtype=torch.float32,
-        device="cpu",
-    )
-    state = convert_gpt2_weights(hf, cfg)
-    model = transformer_lens.HookedTransformer(cfg, tokenizer=load_tokenizer(path))
-    model.load_and_process_state_dict(
-        state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False,
-    )
-    model.eval()
-    return model
 
 
 def toy_tokenizer(seed: int = 0, cache_dir: str | os.PathLike | None = None) -> Any:
