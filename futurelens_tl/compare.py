@@ -492,9 +492,12 @@ def compare(
     }
     tok_str = _decoder(view)
     R, V = len(row_layers), view.d_vocab
+    finals: dict[int, FinalDistribution] = {}  # one per distinct n_ahead, shared by lenses
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
-        f = _final_for(logits, list(range(T)), n)
+        if n not in finals:
+            finals[n] = _final_for(logits, list(range(T)), n)
+        f = finals[n]
         tgt = _targets_for(toks, list(range(T)), n, "next")[0]
         panel: dict[str, Any] = {
             "name": lens.name, "token_fed": bool(lens.token_fed),

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout
+from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout, scratch_for
 
 __all__ = ["COLUMNS", "LensEvaluation", "evaluate"]
 
@@ -388,6 +388,9 @@ def evaluate(
         for toks, logits, resid in _data.iter_batches(view, windows, layers=all_layers,
                                                       batch_size=batch_size, verbose=verbose,
                                                       desc="evaluate"):
+            # one scratch buffer per batch, sized for the most rows (n = min(ns))
+            scratch = scratch_for(logits.shape[0] * (T - 1 - min(ns)), view.d_vocab,
+                                  logits.device)
             for n in ns:
                 Tn = T - 1 - n  # positions t with a token t + 1 + n
                 f = FinalDistribution.from_logits(
@@ -400,7 +403,7 @@ def evaluate(
                 for lens in plain:
                     for layer in lens_layers[lens.name]:
                         h = resid[all_layers.index(layer)][:, :Tn].reshape(-1, view.d_model)
-                        st = _score_rows(lens, layer, h, f, label, corpus, ks)
+                        st = _score_rows(lens, layer, h, f, label, corpus, ks, scratch)
                         key = (lens.name, layer, n)
                         for name, val in st.items():
                             if not name.startswith("_"):
@@ -459,24 +462,17 @@ def evaluate(
 
 
 def _score_rows(lens: Any, layer: int, h: Tensor, final: FinalDistribution, label: Tensor,
-                corpus: Tensor, ks: list[int]) -> dict[str, Any]:
-    """Sums and counts of every metric over rows (one fused reduction, ``lenses.reduction``)."""
+                corpus: Tensor, ks: list[int], scratch: Tensor | None = None) -> dict[str, Any]:
+    """``metric -> (sum, count)`` over rows, from one fused reduction (``lenses.reduction``)."""
     # Column 0 (the label) is ranked for precision@k; column 1 (the corpus token) gives CE.
-    st = reduce_readout(lens, layer, h, 1, final=final,
+    st = reduce_readout(lens, layer, h, 1, final=final, scratch=scratch,
                         targets=torch.stack([label, corpus], dim=-1), ranks=1)
     n = h.shape[0]
     rank = st["target_ranks"][:, 0]
-    tot: dict[str, list[float]] = {}
-
-    def add(name: str, v: float, c: int) -> None:
-        tot[name] = [v, c]
-
-    for kk in ks:
-        add(f"precision@{kk}", float((rank <= kk).sum()), n)
-    add("surprisal", float(-final.log_prob(st["top_ids"][:, 0]).sum()), n)
-    add("kl", float(st["kl"].sum()), n)
-    add("entropy", float(st["entropy"].sum()), n)
-    add("ce", float(-st["target_log_probs"][:, 1].sum()), n)
-    out: dict[str, Any] = {k_: (v[0], v[1]) for k_, v in tot.items()}
+    out: dict[str, Any] = {f"precision@{kk}": (float((rank <= kk).sum()), n) for kk in ks}
+    out["surprisal"] = (float(-final.log_prob(st["top_ids"][:, 0]).sum()), n)
+    out["kl"] = (float(st["kl"].sum()), n)
+    out["entropy"] = (float(st["entropy"].sum()), n)
+    out["ce"] = (float(-st["target_log_probs"][:, 1].sum()), n)
     out["_hits1"] = (rank <= 1).float()
     return out
