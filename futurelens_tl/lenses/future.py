@@ -768,11 +768,7 @@ class FutureLens(Lens):
             best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         else:
             history, best, best_state = self._restore(ck.state, opt)
-        finished = True
-        for epoch in range(ck.start_epoch, cfg.linear_epochs):
-            if ck.should_stop(epoch):
-                finished = False
-                break
+        for epoch in ck.epochs(cfg.linear_epochs):
             batches = self._train_batches(tr, cfg.linear_batch_size, epoch)
             opt.zero_grad()
             for step, bidx in enumerate(progress(batches, verbose=verbose,
@@ -796,7 +792,7 @@ class FutureLens(Lens):
             if diverged:
                 break
         self.load_state_dict(best_state)
-        return {"val_kl_history": history, "best_val_kl": best, "finished": finished,
+        return {"val_kl_history": history, "best_val_kl": best, "finished": ck.finished,
                 "n_train": len(tr), "n_val": len(va)}
 
     def _checkpoint(self, ck: EpochCheckpoint, epoch: int, opt: torch.optim.Optimizer,
@@ -848,11 +844,7 @@ class FutureLens(Lens):
             best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         else:
             history, best, best_state = self._restore(ck.state, opt)
-        finished = True
-        for epoch in range(ck.start_epoch, cfg.vocab_epochs):
-            if ck.should_stop(epoch):
-                finished = False
-                break
+        for epoch in ck.epochs(cfg.vocab_epochs):
             for bidx in progress(self._train_batches(tr, cfg.linear_batch_size, epoch),
                                  verbose=verbose, desc=f"linear_vocab epoch {epoch}"):
                 loss = self._blind_loss(data, bidx)
@@ -867,7 +859,7 @@ class FutureLens(Lens):
                     best_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
             self._checkpoint(ck, epoch + 1, opt, history, best, best_state)
         self.load_state_dict(best_state)
-        return {"val_kl_history": history, "best_val_kl": best, "finished": finished,
+        return {"val_kl_history": history, "best_val_kl": best, "finished": ck.finished,
                 "n_train": len(tr)}
 
     def _prompt_loss(self, data: FutureLensData, bidx: Tensor) -> Tensor:
@@ -910,11 +902,7 @@ class FutureLens(Lens):
         else:
             history, best, best_state = self._restore(ck.state, opt)
             steps = int(ck.state["steps"])
-        finished = True
-        for epoch in range(ck.start_epoch, cfg.prompt_epochs):
-            if ck.should_stop(epoch):
-                finished = False
-                break
+        for epoch in ck.epochs(cfg.prompt_epochs):
             batches = self._train_batches(tr, cfg.prompt_batch_size, epoch)
             opt.zero_grad()
             for step, bidx in enumerate(progress(batches, verbose=verbose,
@@ -939,7 +927,7 @@ class FutureLens(Lens):
             self._checkpoint(ck, epoch + 1, opt, history, best, best_state, steps=steps)
         self.soft_prompt.data.copy_(best_state)
         return {"val_kl_history": history, "best_val_kl": best, "optimizer_steps": steps,
-                "finished": finished, "n_train": len(tr), "n_val": len(va)}
+                "finished": ck.finished, "n_train": len(tr), "n_val": len(va)}
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, model: Any, texts: Any = None, **kw: Any) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +33,16 @@ from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
 
 __all__ = ["EpochCheckpoint", "TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError",
            "rank_seed"]
+
+
+def check_settings(path: Any, mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    """Refuse to resume checkpoint ``path`` written under settings ``theirs`` != ``mine``."""
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        raise ValueError(
+            f"checkpoint {path!r} was written with other settings (checkpoint vs now: {diff}); "
+            "resume with the same settings, or delete it / pass resume=False to start over."
+        )
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -195,15 +205,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self.config.schedule_fingerprint()
-        theirs = state.get("config", {})
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
-        if diff:
-            raise ValueError(
-                f"checkpoint {self.config.checkpoint_path!r} was written with other settings "
-                f"(checkpoint vs now: {diff}); resume with the same settings, or delete it / "
-                "pass resume=False to start over."
-            )
+        check_settings(self.config.checkpoint_path, self.config.schedule_fingerprint(),
+                       state.get("config", {}))
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -287,6 +290,7 @@ class EpochCheckpoint:
 
     Attributes:
         state: The loaded checkpoint (``None`` when starting fresh).
+        finished: After :meth:`epochs` is exhausted: whether every epoch ran.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, settings: dict[str, Any],
@@ -297,25 +301,27 @@ class EpochCheckpoint:
         self.settings = settings
         self.stop_after = stop_after
         self.state: dict[str, Any] | None = None
+        self.finished = True
         if self.path and resume and os.path.exists(self.path):
             state = load_checkpoint(self.path)
-            theirs = state.get("settings", {})
-            diff = {k: (theirs.get(k), v) for k, v in settings.items() if theirs.get(k) != v}
-            if diff:
-                raise ValueError(
-                    f"checkpoint {self.path!r} was written with other settings (checkpoint vs "
-                    f"now: {diff}); resume with the same settings, or delete it / pass "
-                    "resume=False to start over."
-                )
+            check_settings(self.path, settings, state.get("settings", {}))
             self.state = state
 
     @property
     def start_epoch(self) -> int:
         return 0 if self.state is None else int(self.state["epoch"])
 
-    def should_stop(self, epoch: int) -> bool:
-        """True before running ``epoch`` when ``stop_after`` epochs are complete."""
-        return self.stop_after is not None and epoch >= self.stop_after
+    def epochs(self, total: int) -> Iterator[int]:
+        """Epochs still to run: from the checkpoint's to ``total``, ending early at ``stop_after``.
+
+        Sets :attr:`finished` (False when ``stop_after`` cut the run short).
+        """
+        self.finished = True
+        for epoch in range(self.start_epoch, total):
+            if self.stop_after is not None and epoch >= self.stop_after:
+                self.finished = False
+                return
+            yield epoch
 
     def save(self, epoch: int, **state: Any) -> None:
         """Atomically write the state after ``epoch`` completed epochs."""
