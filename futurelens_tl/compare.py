@@ -13,6 +13,12 @@
 Conventions: log-probs in nats; KL of a lens with ``n_ahead = N`` at position t is taken
 against the model's final distribution at ``t + N`` (NaN where ``t + N`` is past the end); the
 default target at position t is the true input token ``t + 1 + N``.
+
+Reliability: NaN/inf model weights, lens parameters or readouts raise
+:class:`~futurelens_tl.lenses.base.NonFiniteError` naming the tensors at fault (never NaN
+probabilities in a grid); a batch of texts of different lengths is right-padded and the padded
+cells are flagged in :attr:`LensReadouts.valid` (their targets, target log-probs, ranks and
+KL are undefined: -1 / NaN / 0 / NaN).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl import data as _data
-from futurelens_tl.lenses.base import Lens
+from futurelens_tl.lenses.base import Lens, NonFiniteError, check_finite_params, explain_nonfinite
 from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout, scratch_for
 from futurelens_tl.model import ModelView, as_view
 
@@ -71,13 +77,19 @@ class LensReadouts:
         data: ``{lens name: {layer: LayerReadout}}``.
         positions: Positions that were read (``[P]`` ints).
         k: Top-k size.
-        meta: Lens metadata (``n_ahead``, ``token_fed``) and run info.
+        meta: Lens metadata (``n_ahead``, ``token_fed``) and run info (``lengths``: the real
+            length of each sequence).
+        valid: ``[batch, P]`` bool, ``False`` at padded cells (position past the end of a
+            shorter sequence of a mixed-length batch); every cell is valid for equal lengths.
+            Values at invalid cells are padding artefacts: filter them out
+            (``to_dataframe()`` has a ``valid`` column).
     """
 
     data: dict[str, dict[int, LayerReadout]]
     positions: list[int]
     k: int
     meta: dict[str, Any] = field(default_factory=dict)
+    valid: Tensor | None = None
 
     def __getitem__(self, key: str | tuple[str, int]) -> Any:
         if isinstance(key, tuple):
@@ -114,6 +126,8 @@ class LensReadouts:
                     "entropy": r.entropy.reshape(-1).float().cpu().numpy(),
                     "kl": r.kl.reshape(-1).float().cpu().numpy(),
                 }
+                if self.valid is not None:
+                    d["valid"] = self.valid.reshape(-1).cpu().numpy()
                 if r.target_ids is not None:
                     d["target_id"] = r.target_ids.reshape(-1).cpu().numpy()
                     d["target_log_prob"] = r.target_log_probs.reshape(-1).float().cpu().numpy()
@@ -133,6 +147,7 @@ def _as_lenses(lenses: Any, view: ModelView) -> list[Lens]:
         if not isinstance(lens, Lens):
             raise TypeError(f"lenses[{i}] is a {type(lens).__name__}, not a futurelens_tl Lens")
         lens.check_model(view)
+        check_finite_params(lens, f"lens {lens.name!r}")
         out.append(lens)
     names = [lens.name for lens in out]
     if len(set(names)) != len(names):
@@ -171,19 +186,43 @@ def _positions(positions: Any, T: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------- core reduction
-def _final_for(final_logits: Tensor, positions: list[int], n_ahead: int) -> FinalDistribution:
+def _final_for(final_logits: Tensor, positions: list[int], n_ahead: int,
+               lengths: Tensor | None = None, view: ModelView | None = None
+               ) -> FinalDistribution:
     """The final distribution at ``t + n_ahead`` for each read position t (NaN rows past the end).
 
     ``final_logits`` is ``[batch, T, vocab]``; rows come out batch-major like the readouts.
+    ``lengths`` (``[batch]``, real sequence lengths) marks rows past a padded sequence's end
+    invalid too.
     """
     B, T, V = final_logits.shape
     src = torch.tensor(positions, device=final_logits.device) + n_ahead
-    ok = src < T
+    ok = (src < T)[None, :].expand(B, -1)
+    if lengths is not None:
+        ok = src[None, :] < lengths[:, None].to(src.device)
     if n_ahead == 0 and positions == list(range(T)):
         rows = final_logits.reshape(-1, V)  # a view: no copy
     else:
         rows = final_logits[:, src.clamp_max(T - 1)].reshape(-1, V)
-    return FinalDistribution.from_logits(rows, ok.repeat(B))
+    f = FinalDistribution.from_logits(rows, ok.reshape(-1))
+    if not bool(torch.isfinite(f.log_normalizer).all()):
+        raise NonFiniteError(
+            "the model's own logits are NaN/inf, so no lens readout can be compared with them: "
+            + (explain_nonfinite(view) if view is not None else "check the model's weights")
+        )
+    return f
+
+
+def _check_readout(red: dict[str, Tensor], view: ModelView, lens: Lens, layer: int,
+                   resid: Tensor) -> None:
+    """Raise :class:`NonFiniteError` when a readout holds NaN/inf (cheap: one value per row)."""
+    if bool(torch.isfinite(red["log_z"]).all()):
+        return
+    if not bool(torch.isfinite(resid).all()):
+        where = f"the model's residual at layer {layer} is NaN/inf"
+    else:
+        where = f"lens {lens.name!r} produced NaN/inf logits at layer {layer}"
+    raise NonFiniteError(f"{where}: {explain_nonfinite(view, [lens])}.")
 
 
 def _reduce(
@@ -220,31 +259,104 @@ def _forward(view: ModelView, tokens: Tensor, layers: list[int]) -> tuple[Tensor
     return logits, resid
 
 
+def _check_targets(targets: Any, vocab: int) -> Any:
+    """Validate ``targets`` once (type, dtype, id range) before any forward pass."""
+    if targets is None or isinstance(targets, str):
+        if isinstance(targets, str) and targets not in ("next", "none"):
+            raise ValueError(f"targets={targets!r} must be 'next', 'none', None, a token id or "
+                             "a tensor of token ids")
+        return targets
+    if isinstance(targets, bool):
+        raise TypeError("targets must be 'next', None, a token id or a tensor, got bool")
+    if isinstance(targets, int):
+        targets = torch.tensor(targets)
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be 'next', None, a token id or a tensor, got "
+                        f"{type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer token ids, got dtype {targets.dtype}")
+    if targets.ndim > 2:
+        raise ValueError(f"targets has shape {tuple(targets.shape)}; expected a token id, "
+                         "[pos], [batch, pos] or [batch, n_positions]")
+    if targets.numel():
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < -1 or hi >= vocab:
+            raise ValueError(
+                f"targets holds ids outside 0..d_vocab-1={vocab - 1} (min {lo}, max {hi}); use "
+                "-1 to mark a cell without a target."
+            )
+    return targets
+
+
 def _targets_for(tokens: Tensor, positions: list[int], n_ahead: int,
-                 targets: Any) -> Tensor | None:
-    """``[B, P]`` target ids (-1 where undefined)."""
+                 targets: Any, lengths: Tensor | None = None) -> Tensor | None:
+    """``[B, P]`` target ids (-1 where undefined, including padded cells)."""
     B, T = tokens.shape
     pos = torch.tensor(positions, device=tokens.device)
     if targets is None or (isinstance(targets, str) and targets == "none"):
         return None
+    end = (torch.full((B,), T, device=tokens.device) if lengths is None
+           else lengths.to(tokens.device))
     if isinstance(targets, str):
-        if targets != "next":
-            raise ValueError(f"targets={targets!r} must be 'next', 'none', None or a tensor")
         idx = pos + 1 + n_ahead
-        ok = idx < T
+        ok = idx[None, :] < end[:, None]
         t = tokens[:, idx.clamp_max(T - 1)]
-        return torch.where(ok[None, :], t, torch.full_like(t, -1))
-    if not isinstance(targets, Tensor):
-        raise TypeError(f"targets must be 'next', None or a tensor, got {type(targets).__name__}")
+        return torch.where(ok, t, torch.full_like(t, -1))
     t = targets.to(tokens.device).long()
-    if t.ndim == 1:
+    if t.ndim == 0:
+        t = t.expand(B, len(positions))
+    elif t.ndim == 1:
         t = t[None].expand(B, -1)
     if t.shape == (B, T):
-        return t[:, pos]
-    if t.shape == (B, len(positions)):
-        return t
-    raise ValueError(f"targets has shape {tuple(targets.shape)}; expected [batch, pos]={B, T} "
-                     f"or [batch, n_positions]={B, len(positions)}")
+        t = t[:, pos]
+    elif t.shape != (B, len(positions)):
+        raise ValueError(f"targets has shape {tuple(targets.shape)}; expected [batch, pos]="
+                         f"{B, T} or [batch, n_positions]={B, len(positions)}")
+    ok = pos[None, :] < end[:, None]
+    return torch.where(ok, t, torch.full_like(t, -1))
+
+
+def _batch_tokens(view: ModelView, tokens: Any,
+                  attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """``[B, T]`` ids and the real length of each row (``None`` when no row is padded).
+
+    Texts of different lengths are tokenised one by one and right-padded (pad id, else EOS),
+    so every real token is computed exactly as it would be alone (causal attention never looks
+    right). A given ``attention_mask`` must be right-padded (ones then zeros per row).
+    """
+    if isinstance(tokens, (list, tuple)) and len(tokens) > 1 and all(
+            isinstance(t, str) for t in tokens):
+        rows = [view.to_tokens(t, arg=f"tokens[{i}]")[0] for i, t in enumerate(tokens)]
+        lens = [int(r.shape[0]) for r in rows]
+        if len(set(lens)) > 1 and attention_mask is None:
+            tok = view.tokenizer
+            pad = next((x for x in (getattr(tok, "pad_token_id", None),
+                                    getattr(tok, "eos_token_id", None)) if x is not None), 0)
+            T = max(lens)
+            toks = torch.full((len(rows), T), int(pad), dtype=torch.long, device=view.device)
+            for i, r in enumerate(rows):
+                toks[i, : r.shape[0]] = r
+            return toks, torch.tensor(lens, device=view.device)
+    toks = view.to_tokens(tokens, arg="tokens")
+    if attention_mask is None:
+        return toks, None
+    if not isinstance(attention_mask, Tensor) or attention_mask.shape != toks.shape:
+        raise ValueError(f"attention_mask must be a [batch, pos]={tuple(toks.shape)} tensor of "
+                         "0/1")
+    m = attention_mask.to(toks.device).long()
+    if bool(((m != 0) & (m != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 and 1")
+    lengths = m.sum(-1)
+    right = torch.arange(toks.shape[1], device=toks.device)[None, :] < lengths[:, None]
+    if not bool((right.long() == m).all()):
+        raise ValueError(
+            "attention_mask is not right-padded (each row must be ones, then zeros); left "
+            "padding shifts positions and is not supported: right-pad the batch, or pass the "
+            "texts as a list and let run_with_lenses pad them."
+        )
+    if bool((lengths < 1).any()):
+        raise ValueError("attention_mask has a row without any real token")
+    return toks, None if bool((lengths == toks.shape[1]).all()) else lengths
 
 
 def run_with_lenses(
@@ -254,30 +366,40 @@ def run_with_lenses(
     *,
     positions: int | Sequence[int] | None = None,
     top_k: int = 10,
-    targets: str | Tensor | None = "next",
+    targets: str | int | Tensor | None = "next",
     layers: Sequence[int] | None = None,
     return_log_probs: bool = False,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
 ) -> tuple[Float[Tensor, "batch pos vocab"], LensReadouts]:
     """Run the model once and read every lens at every covered layer, reduced.
 
     Args:
         model: TransformerLens model.
-        tokens: ``[batch, pos]`` ids, or text (tokenised with BOS).
+        tokens: ``[batch, pos]`` ids, or text (tokenised with BOS). A list of texts of
+            different lengths is right-padded; the padded cells are ``False`` in
+            ``readouts.valid``.
         lenses: A lens or a list of lenses (unique names).
         positions: Positions to read (default all; negative counts from the end).
         top_k: Top-k tokens/probs to keep per cell.
         targets: ``"next"`` (default: the true token ``t + 1 + n_ahead``), ``None``/``"none"``,
-            or a ``[batch, pos]`` / ``[batch, n_positions]`` tensor of target ids.
+            one token id for every cell, or a ``[pos]`` / ``[batch, pos]`` /
+            ``[batch, n_positions]`` tensor of ids in ``0..d_vocab-1`` (``-1`` = no target).
         layers: Restrict to these layers (default: every layer each lens covers).
         return_log_probs: Also keep the full ``[batch, P, vocab]`` log-probs per lens/layer.
+        attention_mask: For a padded ``[batch, pos]`` token tensor: 1 at real tokens, 0 at
+            padding (right padding only). Padded cells get no target and no KL.
 
     Returns:
         ``(logits, readouts)``: the model's own logits ``[batch, pos, vocab]`` and a
         :class:`LensReadouts`.
 
     Raises:
-        ValueError: Empty prompt, positions / layers out of range, ``top_k < 1``.
-        LensMismatchError: A lens fitted on another model or basis.
+        ValueError: Empty prompt, positions / layers out of range, ``top_k < 1``, target ids
+            outside ``-1..d_vocab-1``, a left-padded ``attention_mask``.
+        TypeError: Targets that are not integer token ids.
+        LensMismatchError: A lens built on another model (fingerprint) or basis.
+        NonFiniteError: NaN/inf in the model's logits, a residual or a lens readout (the
+            message names the non-finite weights or lens parameters).
 
     Examples:
         >>> import futurelens_tl as fl
@@ -290,7 +412,8 @@ def run_with_lenses(
     view = as_view(model)
     lens_list = _as_lenses(lenses, view)
     k = _check_k(top_k, view.d_vocab)
-    toks = view.to_tokens(tokens, arg="tokens")
+    targets = _check_targets(targets, view.d_vocab)
+    toks, lengths = _batch_tokens(view, tokens, attention_mask)
     B, T = toks.shape
     pos = _positions(positions, T)
     want = None if layers is None else set(view.layer_indices(layers))
@@ -308,12 +431,15 @@ def run_with_lenses(
     V = view.d_vocab
     finals: dict[int, FinalDistribution] = {}  # one per distinct n_ahead, shared by lenses
     scratch = scratch_for(B * len(pos), V, logits.device)  # one buffer for every readout
+    valid = (torch.ones(B, len(pos), dtype=torch.bool, device=toks.device) if lengths is None
+             else pos_t[None, :] < lengths[:, None])
+    meta["lengths"] = [T] * B if lengths is None else lengths.tolist()
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
         if n not in finals:
-            finals[n] = _final_for(logits, pos, n)
+            finals[n] = _final_for(logits, pos, n, lengths, view)
         f = finals[n]
-        tgt = _targets_for(toks, pos, n, targets)
+        tgt = _targets_for(toks, pos, n, targets, lengths)
         tflat = None if tgt is None else tgt.reshape(-1)
         data[lens.name] = {}
         meta["lenses"][lens.name] = {"n_ahead": n, "token_fed": bool(lens.token_fed),
@@ -322,6 +448,7 @@ def run_with_lenses(
             h = resid[all_layers.index(layer)][:, pos_t].reshape(B * len(pos), -1)
             red = _reduce(lens, layer, h, f, tflat, k, keep_log_probs=return_log_probs,
                           scratch=scratch)
+            _check_readout(red, view, lens, layer, h)
             shp = (B, len(pos))
             data[lens.name][layer] = LayerReadout(
                 top_ids=red["top_ids"].reshape(*shp, k),
@@ -333,7 +460,7 @@ def run_with_lenses(
                 target_ranks=None if tgt is None else red["rank"].reshape(shp),
                 log_probs=red["lp"].reshape(*shp, V) if return_log_probs else None,
             )
-    return logits, LensReadouts(data, pos, k, meta)
+    return logits, LensReadouts(data, pos, k, meta, valid)
 
 
 # ---------------------------------------------------------------------- compare
@@ -455,6 +582,12 @@ def compare(
     Returns:
         :class:`LensComparison`.
 
+    Raises:
+        ValueError: Empty prompt, a batch of prompts, ``k`` out of range, no layer selected.
+        LensMismatchError: A lens built on another model (fingerprint) or basis.
+        NonFiniteError: NaN/inf in the model's logits, a residual or a lens readout (the grid
+            would show NaN probabilities); the message names the tensors at fault.
+
     Examples:
         >>> import futurelens_tl as fl
         >>> model = fl.toy_model(verbose=False)
@@ -496,7 +629,7 @@ def compare(
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
         if n not in finals:
-            finals[n] = _final_for(logits, list(range(T)), n)
+            finals[n] = _final_for(logits, list(range(T)), n, view=view)
         f = finals[n]
         tgt = _targets_for(toks, list(range(T)), n, "next")[0]
         panel: dict[str, Any] = {
@@ -512,6 +645,7 @@ def compare(
                 continue
             h = resid[row_layers.index(layer)][0]
             reds[layer] = _reduce(lens, layer, h, f, tgt, k)
+            _check_readout(reds[layer], view, lens, layer, h)
         ids_union: list[int] = []
         seen: set[int] = set()
         for layer in row_layers:  # union of top-k ids in row order, capped

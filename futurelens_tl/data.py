@@ -13,6 +13,7 @@ Every forward made here is counted in :data:`FORWARD_COUNTER` so benchmarks and 
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,36 +59,122 @@ def progress(iterable: Iterable[Any], *, verbose: bool = True, **kwargs: Any) ->
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
 
 
+_TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".md", ".arrow", ".parquet")
+
+
+def _looks_like_path(s: str) -> bool:
+    """A one-line string without spaces that names a file (``data/x.txt``, ``~/c.jsonl``)."""
+    if not s or len(s) > 4096 or "\n" in s or s != s.strip() or " " in s:
+        return False
+    return (s.lower().endswith(_TEXT_SUFFIXES) or s.startswith(("~", "./", "../"))
+            or os.sep in s or "/" in s)
+
+
+def _read_jsonl(path: str, column: str) -> list[str]:
+    import json
+
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({err})") from None
+            if not isinstance(rec, dict) or column not in rec:
+                keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+                raise ValueError(f"{path}:{lineno} has no {column!r} field (it has {keys}); "
+                                 "pass column=... to read another field")
+            if not isinstance(rec[column], str):
+                raise TypeError(f"{path}:{lineno}: field {column!r} is a "
+                                f"{type(rec[column]).__name__}, not a string")
+            texts.append(rec[column])
+    return texts
+
+
+def _read_file(path: str, column: str) -> list[str]:
+    if os.path.isdir(path):
+        import datasets  # optional: only for on-disk HF datasets
+
+        ds = datasets.load_from_disk(path)
+        if column not in ds.column_names:
+            raise ValueError(f"dataset {path!r} has no column {column!r} (it has "
+                             f"{ds.column_names}); pass column=...")
+        texts = list(ds[column])
+    elif path.endswith(".jsonl"):
+        texts = _read_jsonl(path, column)
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                texts = f.read().split("\n\n")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path!r} is not UTF-8 text ({err}); give a .txt (blank-line "
+                             "separated documents) or .jsonl file") from None
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{path!r}: document {i} is a {type(t).__name__}, not a string")
+    return texts
+
+
 def load_texts(
     source: str | os.PathLike[str] | Iterable[str], *, column: str = "text"
 ) -> list[str]:
-    """Texts from strings or a file.
+    """Texts from strings or a file; what is a path and what is text is never guessed silently.
 
-    Accepts a list of strings, a ``.txt`` file (blank-line separated documents), a ``.jsonl``
-    file (``column`` field) or a Hugging Face ``datasets`` split saved to disk.
+    * a :class:`pathlib.Path` (any ``os.PathLike``) is always a file: a ``.txt`` file
+      (blank-line separated documents), a ``.jsonl`` file (``column`` field of every line) or
+      a directory holding a Hugging Face ``datasets`` split saved to disk; a missing one raises
+      ``FileNotFoundError``;
+    * a ``str`` naming an existing file is read as that file; a ``str`` that looks like a file
+      path (one line, no spaces, a ``/`` or a text-file suffix such as ``.txt``) but names no
+      file raises ``FileNotFoundError`` instead of being read as a one-line document; any other
+      ``str`` is one document;
+    * a list/tuple (any iterable) of strings is always documents, never paths (pass ``[s]`` to
+      use a path-like string as text).
+
+    Blank documents are dropped.
 
     Raises:
-        ValueError: If no non-empty text is found.
+        FileNotFoundError: A path (or path-like string) that does not exist.
+        TypeError: A non-string item (the message names its index) or an unsupported source.
+        ValueError: No non-empty text, a ``.jsonl`` line without ``column``, non-UTF-8 text.
+
+    Examples:
+        >>> from futurelens_tl.data import load_texts
+        >>> load_texts(["one doc", "", "two"])
+        ['one doc', 'two']
+        >>> try:
+        ...     load_texts("/no/such/corpus.txt")
+        ... except FileNotFoundError as err:
+        ...     print(type(err).__name__)
+        FileNotFoundError
     """
-    if isinstance(source, (str, os.PathLike)) and os.path.exists(source):
+    if isinstance(source, os.PathLike):
         path = os.fspath(source)
-        if os.path.isdir(path):
-            import datasets  # optional: only for on-disk HF datasets
-
-            texts = list(datasets.load_from_disk(path)[column])
-        elif path.endswith(".jsonl"):
-            import json
-
-            with open(path, encoding="utf-8") as f:
-                texts = [json.loads(line)[column] for line in f if line.strip()]
-        else:
-            with open(path, encoding="utf-8") as f:
-                texts = [t for t in f.read().split("\n\n")]
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"texts file {path!r} does not exist")
+        texts = _read_file(path, column)
     elif isinstance(source, str):
-        texts = [source]
+        if "\n" not in source and len(source) < 4096 and os.path.exists(source):
+            texts = _read_file(source, column)
+        elif _looks_like_path(source):
+            raise FileNotFoundError(
+                f"texts={source!r} looks like a file path but no such file exists; pass an "
+                "existing file, or [text] to use the string itself as a document."
+            )
+        else:
+            texts = [source]
+    elif isinstance(source, (bytes, bytearray, dict)) or not isinstance(source, Iterable):
+        raise TypeError(f"texts must be a string, a list of strings or a file path, got "
+                        f"{type(source).__name__}")
     else:
         texts = list(source)
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is a {type(t).__name__} ({t!r:.40}), not a string; "
+                                "every document must be a str")
+    texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError("texts is empty: give at least one non-empty document.")
     return texts
@@ -110,7 +197,8 @@ def token_windows(
 
     Args:
         model: The model (its tokenizer and ``n_ctx`` are used).
-        texts: A string, a list of strings, or a ready ``[n, length]`` token tensor.
+        texts: A string, a list of strings, a file (see :func:`load_texts` for how paths and
+            text are told apart), or a ready ``[n, length]`` token tensor.
         length: Window length including BOS (default ``min(n_ctx, 128)``).
         max_windows: Keep at most this many windows.
         prepend_bos: Start every window with BOS.
@@ -118,10 +206,19 @@ def token_windows(
     Raises:
         ValueError: Empty corpus, ``length`` < 2 or > ``n_ctx``, or a corpus shorter than one
             window.
+        TypeError: A non-string document (named by index) or a non-int ``length``.
+        FileNotFoundError: A path that does not exist (see :func:`load_texts`).
     """
     view = as_view(model)
     if isinstance(texts, Tensor):
         return view.to_tokens(texts, arg="texts")
+    if length is not None and (isinstance(length, bool) or
+                               not isinstance(length, numbers.Integral)):
+        raise TypeError(f"length must be an int, got {type(length).__name__}")
+    if max_windows is not None and (isinstance(max_windows, bool) or
+                                    not isinstance(max_windows, numbers.Integral) or
+                                    max_windows < 1):
+        raise ValueError(f"max_windows={max_windows!r} must be None or an int >= 1")
     length = min(view.n_ctx, 128) if length is None else int(length)
     if length < 2 or length > view.n_ctx:
         raise ValueError(f"length={length} must be in 2..n_ctx={view.n_ctx}")

@@ -255,8 +255,12 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def _lens_list(lens_or_lenses: Any) -> list[Any]:
-    from futurelens_tl.lenses.base import Lens
+    from futurelens_tl.lenses.base import Lens, check_finite_params
 
+    single = isinstance(lens_or_lenses, Lens) or hasattr(lens_or_lenses, "_evaluate")
+    if not single and not isinstance(lens_or_lenses, (list, tuple)):
+        raise TypeError(f"lens_or_lenses must be a Lens or a list of lenses, got "
+                        f"{type(lens_or_lenses).__name__}")
     items = [lens_or_lenses] if isinstance(lens_or_lenses, Lens) or hasattr(
         lens_or_lenses, "_evaluate") else list(lens_or_lenses)
     if not items:
@@ -264,7 +268,28 @@ def _lens_list(lens_or_lenses: Any) -> list[Any]:
     for i, x in enumerate(items):
         if not isinstance(x, Lens) and not hasattr(x, "_evaluate"):
             raise TypeError(f"lens_or_lenses[{i}] is a {type(x).__name__}, not a Lens")
+        if isinstance(x, torch.nn.Module):
+            check_finite_params(x, f"lens {getattr(x, 'name', i)!r}")
+    names = [getattr(x, "name", None) for x in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"lens names must be unique, got {names}; pass name=... when building "
+                         "(rows of lenses sharing a name would be merged)")
     return items
+
+
+def _check_table_finite(ev: LensEvaluation, what: str) -> None:
+    """Refuse a result whose metric values are NaN/inf where they are defined (n > 0)."""
+    from futurelens_tl.lenses.base import NonFiniteError
+
+    t = ev.table
+    vals = t["value"].astype(float)
+    bad = t[~vals.map(math.isfinite) & (t["n"].fillna(0) > 0) & t["bucket"].isna()]
+    if len(bad):
+        rows = bad[["lens", "layer", "n_ahead", "metric"]].head(5).to_dict("records")
+        raise NonFiniteError(
+            f"{what} produced NaN/inf metric values ({len(bad)} rows, e.g. {rows}); the model's "
+            "weights or the lens's parameters are non-finite, or its readout overflowed."
+        )
 
 
 def evaluate(
@@ -327,7 +352,12 @@ def evaluate(
         :class:`LensEvaluation`.
 
     Raises:
-        ValueError: Unknown ``label_source``, ``k < 1``, negative ``n_ahead``, empty corpus.
+        ValueError: Unknown ``label_source``, ``k < 1``, negative ``n_ahead``, empty corpus,
+            duplicate lens names.
+        TypeError: A non-string document in ``texts`` (named by index), a non-lens item.
+        LensMismatchError: A lens built on another model (fingerprint) or basis.
+        NonFiniteError: NaN/inf model weights, lens parameters or readouts (precision would
+            otherwise read 1.0 with NaN KL); the message names the tensors at fault.
 
     Examples:
         >>> import futurelens_tl as fl
@@ -341,6 +371,7 @@ def evaluate(
     import pandas as pd
 
     from futurelens_tl import data as _data
+    from futurelens_tl.lenses.base import NonFiniteError, explain_nonfinite
     from futurelens_tl.metrics import NgramBaseline, _check_ks, confidence_buckets
     from futurelens_tl.model import as_view
 
@@ -356,8 +387,10 @@ def evaluate(
     plain = []
     for lens in items:
         if hasattr(lens, "_evaluate"):
-            parts.append(lens._evaluate(model, texts, n_ahead=tuple(ns), k=tuple(ks),
-                                        label_source=label_source, verbose=verbose, **kwargs))
+            part = lens._evaluate(model, texts, n_ahead=tuple(ns), k=tuple(ks),
+                                  label_source=label_source, verbose=verbose, **kwargs)
+            _check_table_finite(part, f"lens {getattr(lens, 'name', '?')!r}")
+            parts.append(part)
         else:
             lens.check_model(view)
             plain.append(lens)
@@ -395,6 +428,10 @@ def evaluate(
                 Tn = T - 1 - n  # positions t with a token t + 1 + n
                 f = FinalDistribution.from_logits(
                     logits[:, n : n + Tn].reshape(-1, view.d_vocab))
+                if not bool(torch.isfinite(f.log_normalizer).all()):
+                    raise NonFiniteError(
+                        "the model's own logits are NaN/inf on the evaluation windows, so every "
+                        f"metric would be meaningless: {explain_nonfinite(view)}.")
                 corpus = toks[:, 1 + n : 1 + n + Tn].reshape(-1)
                 label = f.logits.argmax(-1) if label_source == "model_greedy" else corpus
                 base_labels[n].append(label.cpu())
@@ -403,7 +440,8 @@ def evaluate(
                 for lens in plain:
                     for layer in lens_layers[lens.name]:
                         h = resid[all_layers.index(layer)][:, :Tn].reshape(-1, view.d_model)
-                        st = _score_rows(lens, layer, h, f, label, corpus, ks, scratch)
+                        st = _score_rows(lens, layer, h, f, label, corpus, ks, scratch,
+                                         view=view)
                         key = (lens.name, layer, n)
                         for name, val in st.items():
                             if not name.startswith("_"):
@@ -455,18 +493,34 @@ def evaluate(
                                      metric="precision", k=kk, mode="baseline",
                                      token_fed=False, label_source=label_source, value=v,
                                      n=int(labels.numel())))
-        parts.append(LensEvaluation(pd.DataFrame(rows, columns=COLUMNS), meta))
+        part = LensEvaluation(pd.DataFrame(rows, columns=COLUMNS), meta)
+        _check_table_finite(part, "evaluate")
+        parts.append(part)
     if len(parts) == 1:
         return parts[0]
     return LensEvaluation.concat(parts)
 
 
 def _score_rows(lens: Any, layer: int, h: Tensor, final: FinalDistribution, label: Tensor,
-                corpus: Tensor, ks: list[int], scratch: Tensor | None = None) -> dict[str, Any]:
-    """``metric -> (sum, count)`` over rows, from one fused reduction (``lenses.reduction``)."""
+                corpus: Tensor, ks: list[int], scratch: Tensor | None = None, *,
+                view: Any = None) -> dict[str, Any]:
+    """``metric -> (sum, count)`` over rows, from one fused reduction (``lenses.reduction``).
+
+    Raises:
+        NonFiniteError: The readout is NaN/inf (a NaN row would otherwise rank every label
+            first: precision@1 = 1.0 with NaN KL).
+    """
+    from futurelens_tl.lenses.base import NonFiniteError, explain_nonfinite
+
     # Column 0 (the label) is ranked for precision@k; column 1 (the corpus token) gives CE.
     st = reduce_readout(lens, layer, h, 1, final=final, scratch=scratch,
                         targets=torch.stack([label, corpus], dim=-1), ranks=1)
+    if not bool(torch.isfinite(st["log_normalizer"]).all()):
+        where = (f"the model's residual at layer {layer} is NaN/inf"
+                 if not bool(torch.isfinite(h).all())
+                 else f"lens {lens.name!r} produced NaN/inf logits at layer {layer}")
+        detail = explain_nonfinite(view if view is not None else lens.view, [lens])
+        raise NonFiniteError(f"{where}: {detail}.")
     n = h.shape[0]
     rank = st["target_ranks"][:, 0]
     out: dict[str, Any] = {f"precision@{kk}": (float((rank <= kk).sum()), n) for kk in ks}

@@ -9,6 +9,7 @@ from conftest import native_bridge, toy_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl.lenses.artifacts import ArtifactError
+from futurelens_tl.lenses.base import NonFiniteError
 from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainingDivergedError
 from futurelens_tl.lenses.tuned import kl_per_layer
 from futurelens_tl.model import as_view
@@ -107,12 +108,17 @@ def test_nan_guard_names_step_and_layer_and_keeps_checkpoint(model, tmp_path):
     view = as_view(model)
     lens = fl.TunedLens(model)
     with torch.no_grad():
-        lens.translators[1].weight.fill_(float("inf"))  # layer 0
+        lens.translators[1].weight.fill_(1e38)  # layer 0: finite weights, overflowing readout
     ck = tmp_path / "ck.pt"
     with pytest.raises(TrainingDivergedError, match=r"layer 0.*step 1"):
         lens.train_on(_windows(view), tokens=8 * 16 * 2, batch_size=8, verbose=False,
                       checkpoint=ck)
     assert ck.exists()
+    # parameters that are already NaN/inf are refused before any step, naming the tensor
+    with torch.no_grad():
+        lens.translators[1].weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"translators\.1\.weight"):
+        lens.train_on(_windows(view), tokens=8 * 16 * 2, batch_size=8, verbose=False)
 
 
 def test_trainer_nan_guard_keeps_last_good_checkpoint(tmp_path):

@@ -5,8 +5,9 @@ Every lens (logit, tuned, future) is a ``torch.nn.Module`` with:
 * ``name``: a short label used in tables and grids;
 * ``layers``: the layers it covers (package convention: ``-1`` = embedding output, ``l`` =
   output of block ``l``);
-* ``basis`` / ``fingerprint``: the residual basis and model fingerprint it was fitted on
-  (``None`` for lenses that need no fitting, such as the logit lens);
+* ``basis`` / ``fingerprint``: the residual basis it was fitted in (``None`` for lenses whose
+  log-probs do not depend on it, such as the logit lens) and the fingerprint of the model it
+  was built on (every lens records it; :meth:`Lens.check_model` refuses another model);
 * ``token_fed``: whether the lens also sees the tokens between the source and the target
   (Future Lens prompt methods at N >= 1; reference ``future-lens.md`` §4.2);
 * ``forward(resid, layer)``: logits over the vocabulary.
@@ -26,11 +27,115 @@ from torch import Tensor
 
 from futurelens_tl.model import Basis, LayerLike, ModelView, as_view
 
-__all__ = ["Lens", "LensMismatchError"]
+__all__ = ["Lens", "LensMismatchError", "NonFiniteError", "check_finite_params",
+           "model_fingerprint", "nonfinite_params"]
 
 
 class LensMismatchError(ValueError):
     """A lens was fitted on another model, basis or layer set than the one it is used with."""
+
+
+class NonFiniteError(ValueError):
+    """NaN or infinite values where a result needs finite numbers (weights, logits, readouts).
+
+    The one error type for non-finite inputs across the package: model weights or lens
+    parameters holding NaN/inf, a readout that produced NaN. (Training that *becomes*
+    non-finite raises :class:`~futurelens_tl.lenses.trainer.TrainingDivergedError`.) The
+    message names the tensors at fault where they can be found.
+    """
+
+
+def _version_key(model: Any) -> tuple[tuple[int, int], ...] | None:
+    """Identity of the model's current weights: storage and in-place version of each parameter.
+
+    ``Tensor._version`` increases on every in-place write (``copy_``, ``load_state_dict``,
+    optimiser steps) and a new storage changes ``data_ptr``; so an unchanged key means
+    unchanged weights. ``None`` when a parameter hides its version (inference-mode tensors).
+    """
+    try:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    except Exception:  # pragma: no cover - inference tensors, exotic parameters
+        return None
+
+
+def model_fingerprint(model: Any) -> str:
+    """``ModelView.fingerprint``, cached on the view until a weight changes.
+
+    The fingerprint samples every weight matrix (cheap, but it expands GQA and stacks layers);
+    lenses check it on every use, so it is recomputed only when a parameter's storage or
+    in-place version changed since the last call (see :func:`_version_key`).
+
+    Examples:
+        >>> import futurelens_tl as fl
+        >>> from futurelens_tl.lenses.base import model_fingerprint
+        >>> model = fl.toy_model(verbose=False)
+        >>> model_fingerprint(model) == fl.as_view(model).fingerprint
+        True
+    """
+    view = as_view(model)
+    key = _version_key(view.model)
+    cached = view.__dict__.get("_futurelens_fingerprint")
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    fp = view.fingerprint
+    if key is not None:
+        view.__dict__["_futurelens_fingerprint"] = (key, fp)
+    return fp
+
+
+def nonfinite_params(module: Any, limit: int = 5) -> list[str]:
+    """Names of parameters/buffers of ``module`` holding NaN or inf (at most ``limit``)."""
+    bad = []
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    for name, t in named:
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            n_bad = int((~torch.isfinite(t.detach())).sum())
+            bad.append(f"{name} ({n_bad} of {t.numel()} values non-finite)")
+            if len(bad) >= limit:
+                break
+    return bad
+
+
+def check_finite_params(module: Any, what: str) -> None:
+    """Raise :class:`NonFiniteError` if any parameter of ``module`` is NaN/inf.
+
+    Examples:
+        >>> import torch
+        >>> from futurelens_tl.lenses.base import check_finite_params
+        >>> lin = torch.nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = lin.weight.fill_(float("nan"))
+        >>> from futurelens_tl.lenses.base import NonFiniteError
+        >>> try:
+        ...     check_finite_params(lin, "lens 'x'")
+        ... except NonFiniteError as err:
+        ...     print(str(err)[:64])
+        lens 'x' has non-finite parameters: weight (4 of 4 values non-fi
+    """
+    bad = nonfinite_params(module)
+    if bad:
+        raise NonFiniteError(
+            f"{what} has non-finite parameters: {', '.join(bad)}. Every number read through "
+            "it would be NaN; re-train or re-load it (a diverged fit raises "
+            "TrainingDivergedError instead of returning such a lens)."
+        )
+
+
+def explain_nonfinite(view: ModelView, lenses: Iterable[Any] = ()) -> str:
+    """A sentence naming the non-finite model weights and lens parameters (error path only)."""
+    parts = []
+    bad = nonfinite_params(view.model)
+    if bad:
+        parts.append(f"the model has non-finite weights: {', '.join(bad)}")
+    for lens in lenses:
+        lb = nonfinite_params(lens)
+        if lb:
+            parts.append(f"lens {getattr(lens, 'name', '?')!r} has non-finite parameters: "
+                         f"{', '.join(lb)}")
+    if not parts:
+        return ("no weight is NaN/inf, so activations overflowed (try float32, or check the "
+                "input tokens)")
+    return "; ".join(parts)
 
 
 class Lens(torch.nn.Module):
@@ -49,6 +154,10 @@ class Lens(torch.nn.Module):
     token_fed: bool = False
     #: How many tokens past the next one the lens predicts (0 = the next token).
     n_ahead: int = 0
+    #: Whether the lens holds parameters fitted to the model's weights (then in-place weight
+    #: edits of the same model are refused too); ``False`` for the logit lens, which reads the
+    #: model's current weights and is only refused on *another* model.
+    weight_bound: bool = True
 
     def __init__(
         self,
@@ -61,10 +170,18 @@ class Lens(torch.nn.Module):
         # Stored outside nn.Module registration: the lens must not own the model's parameters.
         object.__setattr__(self, "_view", as_view(model))
         self.layers: list[int] = self.view.layer_indices(layers)
+        dup = sorted({x for x in self.layers if self.layers.count(x) > 1})
+        if dup:
+            raise ValueError(
+                f"layers={list(layers) if layers is not None else None!r} repeats layer(s) {dup}; "
+                "give each layer once."
+            )
         if name is not None:
             self.name = name
         self.basis: Basis | None = None
-        self.fingerprint: str | None = None
+        # Every lens remembers the model it was built on (the logit lens too: its readout is
+        # that model's final norm + unembedding), so using it on another model is refused.
+        self.fingerprint: str | None = model_fingerprint(self.view)
 
     @property
     def view(self) -> ModelView:
@@ -113,7 +230,13 @@ class Lens(torch.nn.Module):
         return layer
 
     def check_model(self, model: Any) -> None:
-        """Raise :class:`LensMismatchError` unless ``model`` matches what the lens was fit on."""
+        """Raise :class:`LensMismatchError` unless ``model`` is the model the lens was built on.
+
+        The lens reads through its own model's final norm and unembedding, so using it with
+        another model would silently mix two models. The check compares the cached
+        :func:`model_fingerprint` (recomputed only after a weight changed), and the residual
+        basis for lenses fitted in one.
+        """
         view = as_view(model)
         if self.basis is not None and view.basis != self.basis:
             raise LensMismatchError(
@@ -123,12 +246,17 @@ class Lens(torch.nn.Module):
                 "training (fl.load_model(...) gives the raw basis; process_weights=True the "
                 "processed one)."
             )
-        if self.fingerprint is not None and view.fingerprint != self.fingerprint:
-            raise LensMismatchError(
-                f"lens {self.name!r} was fitted on a model with fingerprint {self.fingerprint} but "
-                f"this model's fingerprint is {view.fingerprint}: another model or other weights. "
-                "Train the lens on this model, or load the model it was trained on."
-            )
+        if view is self.view and not self.weight_bound:
+            return  # reads this very model's current weights: nothing fitted to go stale
+        if self.fingerprint is not None:
+            have = model_fingerprint(view)
+            if have != self.fingerprint:
+                raise LensMismatchError(
+                    f"lens {self.name!r} ({type(self).__name__}) was built on a model with "
+                    f"fingerprint {self.fingerprint} but this model's fingerprint is {have}: "
+                    "another model or other weights. Build (or train) the lens on this model, or "
+                    "use the model it was built on."
+                )
 
     # ------------------------------------------------------------------ hooks
     def hooks(

@@ -23,8 +23,12 @@ __all__ = ["LogitLens"]
 class LogitLens(Lens):
     """Read every residual with the model's final norm and unembedding (§A.1).
 
-    The logit lens needs no fitting: ``basis`` and ``fingerprint`` are ``None`` and it runs on
-    any model, raw or processed basis (its log-probs are invariant to weight processing, §C.6).
+    The logit lens needs no fitting: ``basis`` is ``None`` (its log-probs are invariant to
+    weight processing, §C.6, so it reads raw and processed models alike). It still records
+    the fingerprint of the model it was built on and refuses another model
+    (:class:`~futurelens_tl.lenses.base.LensMismatchError`): its readout is *that* model's
+    final norm and unembedding. In-place edits of the same model (ablations) are fine: it
+    always reads the current weights.
 
     Args:
         model: TransformerLens model (or :class:`~futurelens_tl.model.ModelView`).
@@ -43,6 +47,7 @@ class LogitLens(Lens):
     """
 
     name = "logit"
+    weight_bound = False
 
     def __init__(self, model: Any, layers: Iterable[LayerLike] | None = None, *,
                  name: str | None = None):

@@ -32,7 +32,59 @@ from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
 
 __all__ = ["EpochCheckpoint", "TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError",
-           "rank_seed"]
+           "check_identity", "data_digest", "rank_seed"]
+
+
+def data_digest(*tensors: Tensor) -> str:
+    """16-hex SHA-256 of the tensors' shapes and bytes: the identity of a training corpus.
+
+    Checkpoints record it so a resume on other data is refused (a pure function of the token
+    windows: tokeniser, text and window length all enter through them).
+
+    Examples:
+        >>> import torch
+        >>> from futurelens_tl.lenses.trainer import data_digest
+        >>> w = torch.arange(12).view(3, 4)
+        >>> data_digest(w) == data_digest(w.clone()), data_digest(w) == data_digest(w + 1)
+        (True, False)
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        c = t.detach().to("cpu").contiguous()
+        h.update(f"{c.dtype}|{tuple(c.shape)}|".encode())
+        h.update(c.reshape(-1).view(torch.uint8).numpy().tobytes() if c.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def check_identity(path: Any, mine: dict[str, Any] | None, theirs: dict[str, Any] | None) -> None:
+    """Refuse to resume ``path`` if it was written for another model or other data.
+
+    ``mine``/``theirs``: ``{"fingerprint": ..., "basis": ..., "data": ..., ...}`` of this run
+    and of the checkpoint. A checkpoint without an identity (written before identities were
+    recorded) is refused when this run has one: its model and data cannot be confirmed.
+    """
+    if not mine:
+        return
+    from futurelens_tl.lenses.base import LensMismatchError
+
+    if not theirs:
+        raise LensMismatchError(
+            f"checkpoint {path!r} records no model/data identity, so resuming it cannot be "
+            "confirmed to continue the same run; delete it or pass resume=False to start over."
+        )
+    labels = {"fingerprint": "model weights (fingerprint)", "basis": "residual basis",
+              "data": "training data (digest of the token windows)"}
+    diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+    if diff:
+        what = ", ".join(f"{labels.get(k, k)}: checkpoint {a!r} vs now {b!r}"
+                         for k, (a, b) in diff.items())
+        raise LensMismatchError(
+            f"checkpoint {path!r} belongs to another run ({what}). Resuming would mix two "
+            "models or two corpora; use the same model and data, or delete the checkpoint / "
+            "pass resume=False to start over."
+        )
 
 
 def check_settings(path: Any, mine: dict[str, Any], theirs: dict[str, Any]) -> None:
@@ -76,6 +128,10 @@ class TrainerConfig:
         desc: Progress-bar label.
         rank: This process's rank (data-parallel runs).
         world_size: Number of processes.
+        identity: What the run trains on, written into checkpoints and checked on resume
+            (:func:`check_identity`): model ``fingerprint``, ``basis``, ``data`` digest
+            (:func:`data_digest`) and anything else that fixes the data order (batch size,
+            window length, layers). ``None`` = unchecked.
     """
 
     steps: int
@@ -94,6 +150,7 @@ class TrainerConfig:
     desc: str = "train"
     rank: int = 0
     world_size: int = 1
+    identity: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -117,7 +174,7 @@ class TrainerConfig:
         """Settings a resumed run must share with the interrupted one."""
         d = asdict(self)
         for k in ("checkpoint_path", "checkpoint_every", "resume", "stop_after", "verbose",
-                  "desc"):
+                  "desc", "identity"):
             d.pop(k)
         return d
 
@@ -201,10 +258,12 @@ class Trainer:
             "generator": self.generator.get_state(),
             "history": self.history,
             "config": self.config.schedule_fingerprint(),
+            "identity": self.config.identity,
             "extra": self.extra_state[0]() if self.extra_state else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_identity(self.config.checkpoint_path, self.config.identity, state.get("identity"))
         check_settings(self.config.checkpoint_path, self.config.schedule_fingerprint(),
                        state.get("config", {}))
         self.module.load_state_dict(state["module"])

@@ -34,13 +34,21 @@ from torch import Tensor
 from futurelens_tl import data as _data
 from futurelens_tl.lenses.artifacts import (
     ArtifactError,
+    artifact_errors,
     atomic_write,
     check_header,
     load_artifact,
+    load_tensor_file,
+    read_json,
     save_artifact,
 )
-from futurelens_tl.lenses.base import Lens, LensMismatchError
-from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult
+from futurelens_tl.lenses.base import (
+    Lens,
+    LensMismatchError,
+    check_finite_params,
+    model_fingerprint,
+)
+from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult, data_digest
 from futurelens_tl.model import LayerLike, as_view, tl_version
 
 __all__ = ["TunedLens"]
@@ -175,7 +183,9 @@ class TunedLens(Lens):
             weight_decay: Weight decay (pulls the translators towards the identity).
             optimizer: ``"sgd"`` (default, the tuned-lens recipe) or ``"adam"``.
             grad_clip: Global gradient-norm clip.
-            checkpoint: Checkpoint file; an existing one is resumed when ``resume``.
+            checkpoint: Checkpoint file; an existing one is resumed when ``resume``. It
+                records the model fingerprint, basis and a digest of the token windows, and a
+                resume with another model, other weights or other data is refused.
             checkpoint_every: Steps between checkpoints.
             resume: Resume from ``checkpoint`` if it exists.
             stop_after: Stop after this many steps (the schedule still targets all steps).
@@ -188,11 +198,15 @@ class TunedLens(Lens):
 
         Raises:
             ValueError: Bad arguments or a corpus shorter than one window.
-            LensMismatchError: The model no longer matches the lens (fingerprint/basis).
+            TypeError: ``texts`` holds a non-string item (the message names its index).
+            LensMismatchError: The model no longer matches the lens (fingerprint/basis), or
+                ``checkpoint`` belongs to another model or other data.
+            NonFiniteError: The lens's translators already hold NaN/inf.
             TrainingDivergedError: Loss or gradients became non-finite.
         """
         view = self.view
         self.check_model(view)
+        check_finite_params(self, f"lens {self.name!r}")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"tokens={tokens!r} must be an int >= 1 (the token budget)")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -206,12 +220,16 @@ class TunedLens(Lens):
         layers = self.trained_layers()
         if not layers:
             raise ValueError(f"lens {self.name!r} has no trainable layer among {self.layers}")
+        # what a resumed checkpoint must share with this run (besides the optimiser settings)
+        identity = {"fingerprint": model_fingerprint(view), "basis": view.basis,
+                    "data": data_digest(windows), "layers": list(layers),
+                    "token_shift": self.token_shift, "batch_size": batch_size, "seq_len": T}
         cfg = TrainerConfig(
             steps=steps, lr=lr, momentum=momentum, weight_decay=weight_decay,
             optimizer=optimizer, grad_clip=grad_clip,
             checkpoint_path=None if checkpoint is None else os.fspath(checkpoint),
             checkpoint_every=checkpoint_every, resume=resume, stop_after=stop_after, seed=seed,
-            verbose=verbose, desc=f"tuned lens ({self.name})",
+            verbose=verbose, desc=f"tuned lens ({self.name})", identity=identity,
         )
         readout = view.frozen_readout()
         shift = self.token_shift
@@ -250,6 +268,7 @@ class TunedLens(Lens):
             },
             "data": {
                 "n_windows": int(n_windows), "window_tokens": int(windows.numel()),
+                "digest": identity["data"],
                 "tokens_seen": int(result.steps_done * batch_size * T),
                 "source": "tensor" if isinstance(texts, Tensor) else
                 (texts if isinstance(texts, str) and len(texts) < 200 else "texts"),
@@ -307,22 +326,31 @@ class TunedLens(Lens):
                 warns nothing: for deliberate transfer experiments).
 
         Raises:
-            ArtifactError: Missing, corrupt, truncated or foreign file.
+            ArtifactError: Missing, corrupt, truncated, foreign or edited file (header fields
+                of the wrong type, unexpected tensors, a failed checksum, NaN/inf values).
             LensMismatchError: Trained on another model, basis or architecture.
         """
         tensors, header = load_artifact(path, expect_format=FORMAT, max_version=FORMAT_VERSION)
         check_header(header, model, what=f"tuned lens {os.fspath(path)!r}", strict=strict)
-        lens = cls(model, header["layers"], token_shift=int(header.get("token_shift", 0)),
-                   name=header.get("name"))
-        state = {k[len("translators."):]: v for k, v in tensors.items()
-                 if k.startswith("translators.")}
-        try:
+        with artifact_errors(path, "tuned lens artifact"):
+            layers, shift, name = header["layers"], header.get("token_shift", 0), \
+                header.get("name")
+            if not isinstance(layers, list) or any(
+                    isinstance(x, bool) or not isinstance(x, int) for x in layers):
+                raise TypeError(f"layers={layers!r} is not a list of ints")
+            if name is not None and not isinstance(name, str):
+                raise TypeError(f"name={name!r} is not a string")
+            lens = cls(model, layers, token_shift=shift, name=name)
+            state = {k[len("translators."):]: v for k, v in tensors.items()
+                     if k.startswith("translators.")}
+            extra = sorted(k for k in tensors if not k.startswith("translators."))
+            if extra:
+                raise KeyError(f"unexpected tensors {extra}")
             lens.translators.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ArtifactError(f"artifact {os.fspath(path)!r} has unexpected tensors: {err}") \
-                from None
-        lens.meta = {"hyperparameters": header.get("hyperparameters", {}),
-                     "data": header.get("data", {})}
+            hyper, data = header.get("hyperparameters", {}), header.get("data", {})
+            if not isinstance(hyper, dict) or not isinstance(data, dict):
+                raise TypeError("hyperparameters/data are not JSON objects")
+        lens.meta = {"hyperparameters": hyper, "data": data}
         if not strict:
             lens.fingerprint = as_view(model).fingerprint
             lens.basis = as_view(model).basis
@@ -378,19 +406,24 @@ class TunedLens(Lens):
         for p in (cfg_path, params_path):
             if not os.path.isfile(p):
                 raise ArtifactError(f"tuned-lens artifact {d!r} lacks {os.path.basename(p)}")
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                config = json.load(f)
-            params = torch.load(params_path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ArtifactError(f"tuned-lens artifact {d!r} is corrupt ({type(err).__name__}: "
-                                f"{err})") from None
+        config = read_json(cfg_path, "tuned-lens config")
+        params = load_tensor_file(params_path, "tuned-lens params")
+        if not isinstance(params, dict):
+            raise ArtifactError(f"tuned-lens params {params_path!r} holds a "
+                                f"{type(params).__name__}, expected a dict of tensors")
         view = as_view(model)
         sidecar: dict[str, Any] = {}
         side_path = os.path.join(d, "futurelens_meta.json")
         if os.path.isfile(side_path):
-            with open(side_path, encoding="utf-8") as f:
-                sidecar = json.load(f)
+            sidecar = read_json(side_path, "tuned-lens sidecar")
+        with artifact_errors(d, "tuned-lens artifact"):
+            return cls._from_tuned_lens_parts(d, view, model, config, params, sidecar,
+                                              allow_basis_mismatch)
+
+    @classmethod
+    def _from_tuned_lens_parts(cls, d: str, view: Any, model: Any, config: dict[str, Any],
+                               params: dict[str, Any], sidecar: dict[str, Any],
+                               allow_basis_mismatch: bool) -> TunedLens:
         if int(config.get("d_model", -1)) != view.d_model:
             raise LensMismatchError(f"tuned-lens artifact has d_model={config.get('d_model')}, "
                                     f"the model has {view.d_model}")
@@ -406,11 +439,11 @@ class TunedLens(Lens):
                 "basis. Load the model without weight processing (fl.load_model(name)), or pass "
                 "allow_basis_mismatch=True."
             )
-        if sidecar.get("fingerprint") not in (None, view.fingerprint) and not \
+        if sidecar.get("fingerprint") not in (None, model_fingerprint(view)) and not \
                 allow_basis_mismatch:
             raise LensMismatchError(
                 f"tuned-lens artifact {d!r} was fitted on a model with fingerprint "
-                f"{sidecar['fingerprint']}, this model's is {view.fingerprint}")
+                f"{sidecar['fingerprint']}, this model's is {model_fingerprint(view)}")
         shift = int(sidecar.get("token_shift", 0))
         lens = cls(model, sidecar.get("layers"), token_shift=shift, name=sidecar.get("name"))
         with torch.no_grad():
@@ -419,10 +452,16 @@ class TunedLens(Lens):
                     w, b = params[f"{i}.weight"], params[f"{i}.bias"]
                 except KeyError as err:
                     raise ArtifactError(f"tuned-lens params.pt lacks key {err}") from None
+                if not isinstance(w, Tensor) or not isinstance(b, Tensor):
+                    raise ArtifactError(f"tuned-lens params.pt key {i}.weight/bias is not a "
+                                        "tensor")
                 if tuple(w.shape) != (view.d_model, view.d_model) or tuple(b.shape) != (
                         view.d_model,):
                     raise ArtifactError(f"tuned-lens params.pt key {i}.weight/bias has shape "
                                         f"{tuple(w.shape)}/{tuple(b.shape)}")
+                if not (bool(torch.isfinite(w).all()) and bool(torch.isfinite(b).all())):
+                    raise ArtifactError(f"tuned-lens params.pt key {i}.weight/bias holds "
+                                        "NaN/inf; refusing to load it")
                 t.weight.copy_(w.float())
                 t.bias.copy_(b.float())
         lens.meta = {"hyperparameters": sidecar.get("hyperparameters", {}),
