@@ -182,7 +182,7 @@ def load_texts(
 
 def token_windows(
     model: Any,
-    texts: str | Sequence[str] | Tensor,
+    texts: str | os.PathLike[str] | Sequence[str] | Tensor,
     *,
     length: int | None = None,
     max_windows: int | None = None,

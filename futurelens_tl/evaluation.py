@@ -295,7 +295,7 @@ def _check_table_finite(ev: LensEvaluation, what: str) -> None:
 def evaluate(
     model: Any,
     lens_or_lenses: Any,
-    texts: str | Sequence[str] | Tensor,
+    texts: str | os.PathLike[str] | Sequence[str] | Tensor,
     *,
     n_ahead: Sequence[int] | int = (0,),
     k: Sequence[int] | int = (1, 5, 10),
@@ -305,7 +305,7 @@ def evaluate(
     max_windows: int | None = 64,
     batch_size: int = 8,
     baseline: bool = True,
-    baseline_texts: str | Sequence[str] | Tensor | None = None,
+    baseline_texts: str | os.PathLike[str] | Sequence[str] | Tensor | None = None,
     buckets: Sequence[Any] | None = None,
     verbose: bool = True,
     **kwargs: Any,

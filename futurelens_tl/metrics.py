@@ -19,6 +19,7 @@ Definitions (reference ``future-lens.md`` §4.1, ``lenses-and-transformerlens.md
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,11 +63,40 @@ def _check_ks(ks: int | Sequence[int], vocab: int | None = None, arg: str = "k")
     return kl
 
 
+def _check_scores(scores: Tensor, arg: str = "logits") -> None:
+    """NaN or +inf scores make every rank, top-k and probability meaningless: refuse them.
+
+    (``-inf`` is allowed: it is how masked tokens appear in logits and log-probs.)
+    """
+    from futurelens_tl.lenses.base import NonFiniteError
+
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"{arg} must be a tensor, got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise TypeError(f"{arg} must be a floating-point tensor, got dtype {scores.dtype}")
+    bad = torch.isnan(scores) | torch.isposinf(scores)
+    if bool(bad.any()):
+        raise NonFiniteError(
+            f"{arg} holds {int(bad.sum())} NaN/+inf value(s) of {scores.numel()}; a NaN row would "
+            "rank every label first (precision 1.0). Check the weights that produced them."
+        )
+
+
 def _check_labels(scores: Tensor, labels: Tensor, arg: str = "labels") -> None:
+    _check_scores(scores)
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{arg} must be a tensor of token ids, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise TypeError(f"{arg} must hold integer token ids, got dtype {labels.dtype}")
     if labels.shape != scores.shape[:-1]:
         raise ValueError(
             f"{arg} has shape {tuple(labels.shape)} but the scores have leading shape "
             f"{tuple(scores.shape[:-1])} (scores are [..., vocab], {arg} [...])"
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= scores.shape[-1]):
+        raise ValueError(
+            f"{arg} holds ids outside 0..vocab-1={scores.shape[-1] - 1} (min "
+            f"{int(labels.min())}, max {int(labels.max())})"
         )
 
 
@@ -176,6 +206,8 @@ def kl_divergence(
         raise ValueError(
             f"p_log {tuple(p_log.shape)} and q_log {tuple(q_log.shape)} must have the same shape"
         )
+    _check_scores(p_log, "p_log")
+    _check_scores(q_log, "q_log")
     p = torch.log_softmax(_f(p_log), dim=-1)
     q = torch.log_softmax(_f(q_log), dim=-1)
     return (p.exp() * (p - q)).sum(-1).clamp_min(0.0)
@@ -190,6 +222,7 @@ def entropy(log_probs: Float[Tensor, "... vocab"]) -> Float[Tensor, "..."]:
         >>> round(entropy(torch.zeros(4)).item(), 4)  # uniform over 4 = ln 4
         1.3863
     """
+    _check_scores(log_probs, "log_probs")
     lp = torch.log_softmax(_f(log_probs), dim=-1)
     return -(lp.exp() * lp).sum(-1)
 
@@ -210,6 +243,8 @@ def topk_agreement(
     (k,) = _check_ks(k, a.shape[-1])
     if a.shape != b.shape:
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape")
+    _check_scores(a, "a")
+    _check_scores(b, "b")
     ta = a.topk(k, dim=-1).indices
     tb = b.topk(k, dim=-1).indices
     same = (ta.unsqueeze(-1) == tb.unsqueeze(-2)).any(-1).sum(-1)
@@ -252,11 +287,25 @@ class NgramBaseline:
         self.n_tokens = 0
 
     def fit(self, tokens: Int[Tensor, "n pos"] | Sequence[Sequence[int]]) -> NgramBaseline:
-        """Count n-grams in ``tokens`` (a ``[n, pos]`` tensor or a list of sequences)."""
-        seqs = [list(map(int, s)) for s in (tokens.tolist() if isinstance(tokens, Tensor)
-                                             else tokens)]
+        """Count n-grams in ``tokens`` (a ``[n, pos]`` tensor or a list of sequences).
+
+        Raises:
+            TypeError: Non-integer token ids (a float tensor would be truncated silently).
+            ValueError: No tokens, negative ids, or ids >= ``vocab_size``.
+        """
+        if isinstance(tokens, Tensor) and (tokens.is_floating_point() or
+                                           tokens.dtype == torch.bool):
+            raise TypeError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+        raw = tokens.tolist() if isinstance(tokens, Tensor) else tokens
+        for i, s in enumerate(raw):
+            if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in s):
+                raise TypeError(f"tokens[{i}] holds a non-integer id")
+        seqs = [[int(x) for x in s] for s in raw]
         if not seqs or not any(seqs):
             raise ValueError("tokens is empty; give at least one non-empty sequence")
+        vmin = min(min(s) for s in seqs if s)
+        if vmin < 0:
+            raise ValueError(f"tokens hold negative id {vmin}; ids must be in 0..vocab_size-1")
         vmax = max(max(s) for s in seqs if s) + 1
         V = self.vocab_size or vmax
         if vmax > V:
@@ -385,8 +434,14 @@ def confidence_buckets(
         raise ValueError(
             f"confidence ({conf.numel()} values) and hits ({h.numel()} values) must match"
         )
+    if bool(torch.isnan(conf).any()):
+        from futurelens_tl.lenses.base import NonFiniteError
+
+        raise NonFiniteError(f"confidence holds {int(torch.isnan(conf).sum())} NaN value(s); "
+                             "they would fall in no bucket and vanish from the counts")
     e = [float(x) for x in edges]
-    if len(e) < 2 or any(b <= a for a, b in zip(e, e[1:])):
+    if len(e) < 2 or any(not math.isfinite(x) for x in e) or any(
+            b <= a for a, b in zip(e, e[1:])):
         raise ValueError(f"edges={tuple(edges)} must be >= 2 strictly increasing numbers")
     rows = []
     for i, (lo, hi) in enumerate(zip(e, e[1:])):

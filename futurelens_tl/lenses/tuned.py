@@ -135,7 +135,7 @@ class TunedLens(Lens):
 
     # ------------------------------------------------------------------ training
     @classmethod
-    def fit(cls, model: Any, texts: str | Sequence[str] | Tensor, *,
+    def fit(cls, model: Any, texts: str | os.PathLike[str] | Sequence[str] | Tensor, *,
             layers: Iterable[LayerLike] | None = None, token_shift: int = 0,
             name: str | None = None, **train_kwargs: Any) -> TunedLens:
         """Build a tuned lens on ``model`` and train it on ``texts`` (see :meth:`train_on`).
@@ -154,7 +154,7 @@ class TunedLens(Lens):
 
     def train_on(
         self,
-        texts: str | Sequence[str] | Tensor,
+        texts: str | os.PathLike[str] | Sequence[str] | Tensor,
         *,
         tokens: int = 2**19,
         batch_size: int = 8,
