@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "toy_model": "futurelens_tl.toy",
     "Lens": "futurelens_tl.lenses.base",
     "LensMismatchError": "futurelens_tl.lenses.base",
+    "NonFiniteError": "futurelens_tl.lenses.base",
+    "ArtifactError": "futurelens_tl.lenses.artifacts",
     "LogitLens": "futurelens_tl.lenses.logit",
     "TunedLens": "futurelens_tl.lenses.tuned",
     "FutureLens": "futurelens_tl.lenses.future",

@@ -223,3 +223,59 @@ def test_compare_future_continuations_batched_equal_per_layer():
         assert panel["cont_tokens"][row] == expect
         torch.testing.assert_close(torch.tensor(panel["cont_probs"][row]), probs.float(),
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_length_texts_padded_cells_flagged_and_real_cells_exact(setup):
+    """A batch of texts of different lengths: real cells equal each text run alone, padded cells
+    are False in ``valid`` and carry no target / KL (issue 16)."""
+    model, view, logit, tuned = setup
+    texts = ["w1 w2 w3 w4 w5 w6 w7", "w8 w9 w10", "w11 w12 w13 w14 w15"]
+    logits, ro = fl.run_with_lenses(model, texts, [logit, tuned], top_k=3)
+    lengths = [view.to_tokens(t).shape[1] for t in texts]
+    assert ro.meta["lengths"] == lengths
+    T = max(lengths)
+    want_valid = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    assert torch.equal(ro.valid.cpu(), want_valid)
+    for b, text in enumerate(texts):
+        _, alone = fl.run_with_lenses(model, text, [logit, tuned], top_k=3)
+        L = lengths[b]
+        for name in ("logit", "tuned"):
+            for layer in (-1, 0, view.n_layers - 1):
+                r, a = ro[name, layer], alone[name, layer]
+                assert torch.equal(r.top_ids[b, :L], a.top_ids[0])
+                assert torch.allclose(r.top_probs[b, :L], a.top_probs[0], atol=1e-5)
+                assert torch.allclose(r.kl[b, :L], a.kl[0], atol=1e-5, equal_nan=True)
+                assert torch.equal(r.target_ids[b, :L], a.target_ids[0])
+                assert torch.equal(r.target_ranks[b, :L], a.target_ranks[0])
+                # padded cells: no target, no KL
+                assert (r.target_ids[b, L:] == -1).all()
+                assert (r.target_ranks[b, L:] == 0).all()
+                assert torch.isnan(r.kl[b, L:]).all()
+    df = ro.to_dataframe()
+    assert int((~df["valid"]).sum()) == 2 * (view.n_layers + 1) * int((~want_valid).sum())
+
+
+def test_attention_mask_marks_padding_of_a_token_batch(setup):
+    model, view, logit, _ = setup
+    toks = _tokens(view, B=2, T=8)
+    mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    _, ro = fl.run_with_lenses(model, toks, logit, attention_mask=mask)
+    assert torch.equal(ro.valid.cpu(), mask.bool())
+    r = ro["logit", 0]
+    assert (r.target_ids[1, 4:] == -1).all() and (r.target_ids[1, :4] == toks[1, 1:5]).all()
+    assert torch.isnan(r.kl[1, 5:]).all() and torch.isfinite(r.kl[1, :5]).all()
+    _, full = fl.run_with_lenses(model, toks, logit)
+    assert full.valid.all()
+
+
+def test_nan_weights_raise_instead_of_nan_grid(tmp_path):
+    """Before issue 16, compare showed NaN probabilities and evaluate precision@1 = 1.0."""
+    model = hf_gpt2_bridge(tmp_path)
+    logit = fl.LogitLens(model)
+    name, p = next((n, p) for n, p in model.named_parameters() if "h.1." in n or "blocks.1" in n)
+    with torch.no_grad():
+        p.fill_(float("nan"))
+    with pytest.raises(fl.NonFiniteError, match="non-finite weights"):
+        fl.compare(model, "w1 w2 w3", [logit])
+    with pytest.raises(fl.NonFiniteError, match="non-finite weights"):
+        fl.evaluate(model, logit, ["w1 w2 w3 w4 " * 8], seq_len=8, verbose=False)

@@ -127,3 +127,50 @@ def test_unembed_bias_and_logits_at():
             full = lens(resid[layer + 1], layer)
             assert torch.allclose(lens.logits_at(resid[layer + 1], layer, ids), full[..., ids],
                                   atol=1e-5)
+
+
+def test_lens_of_another_model_is_refused_same_model_edits_are_read():
+    """Issue 16: a logit lens built on one model was accepted on another of the same shape and
+    silently read through the first model's unembedding."""
+    a = native_bridge(seed=0)
+    b = native_bridge(seed=1)  # same architecture, other weights
+    lens = fl.LogitLens(a)
+    toks = torch.randint(0, 61, (1, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(fl.LensMismatchError, match="fingerprint"):
+        fl.run_with_lenses(b, toks, [lens])
+    with pytest.raises(fl.LensMismatchError, match="fingerprint"):
+        fl.compare(b, toks, [lens])
+    # an in-place edit (ablation) of the lens's own model is fine: it reads current weights
+    view = as_view(a)
+    with torch.no_grad():
+        next(p for n, p in a.named_parameters() if "layers.1." in n).mul_(0.5)
+    logits, ro = fl.run_with_lenses(a, toks, [lens], top_k=1)
+    last = view.n_layers - 1
+    assert torch.equal(ro["logit", last].top_ids[..., 0], logits.argmax(-1))
+    # ... whereas a tuned lens (fitted to the weights) refuses the edited model
+    c = native_bridge(seed=2)
+    tuned = fl.TunedLens(c)
+    with torch.no_grad():
+        next(c.parameters()).add_(1.0)
+    with pytest.raises(fl.LensMismatchError, match="other weights"):
+        fl.run_with_lenses(c, toks, [tuned])
+
+
+def test_fingerprint_is_cached_until_a_weight_changes(monkeypatch):
+    from futurelens_tl.lenses.base import model_fingerprint
+    from futurelens_tl.model import ModelView
+
+    m = native_bridge(seed=4)
+    calls = []
+    orig = ModelView.fingerprint.fget
+    monkeypatch.setattr(ModelView, "fingerprint",
+                        property(lambda self: calls.append(1) or orig(self)))
+    fp = model_fingerprint(m)
+    for _ in range(5):
+        assert model_fingerprint(m) == fp
+    assert len(calls) == 1  # computed once, then cached
+    with torch.no_grad():
+        next(m.parameters()).add_(1.0)  # in place: the version counter moves
+    fp2 = model_fingerprint(m)
+    assert fp2 != fp and len(calls) == 2
+    assert fp2 == orig(as_view(m))
