@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from futurelens_tl.models._hf import quiet_transformers
 from futurelens_tl.paths import cache_root
 
 __all__ = ["FORMAT", "dequantized_dir", "gguf_key"]
@@ -87,20 +88,11 @@ def dequantized_dir(
         ) from err
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    old_level = hf_logging.get_verbosity()
-    if not verbose:
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers(not verbose):
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         hf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
                                                   dtype=torch.float32)
-    finally:
-        if not verbose:
-            hf_logging.set_verbosity(old_level)
-            hf_logging.enable_progress_bar()
     # save_pretrained refuses a GGUF-quantized model until the quantizer is dropped; the
     # weights are already dequantized float32 tensors.
     hf.hf_quantizer = None

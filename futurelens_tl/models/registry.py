@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from futurelens_tl.models._hf import quiet_transformers
 from futurelens_tl.models.bridge import load_bridge
 from futurelens_tl.models.hooked import load_hooked, require_hooked
 
@@ -97,9 +98,10 @@ def smollm2_gguf() -> Path:
 
 
 def _boot_folder(folder: str, o: LoadOptions) -> Any:
-    if o.backend == "hooked":
-        return load_hooked(folder, o.device, o.dtype, o.process_weights)
-    return load_bridge(folder, o.device, o.dtype, o.process_weights)
+    with quiet_transformers(not o.verbose):
+        if o.backend == "hooked":
+            return load_hooked(folder, o.device, o.dtype, o.process_weights)
+        return load_bridge(folder, o.device, o.dtype, o.process_weights)
 
 
 def _load_gguf_file(path: Path, o: LoadOptions, **overrides: Any) -> Any:
