@@ -102,8 +102,10 @@ class TunedLens(Lens):
         self.n_ahead = token_shift
         n = view.n_layers + (1 if token_shift >= 1 else 0)
         d = view.d_model
+        # skip_init: no Kaiming draw that is zeroed right after (1.4 s for SmolLM2's 31 layers)
         self.translators = torch.nn.ModuleList(
-            [torch.nn.Linear(d, d, bias=True, device=view.device, dtype=torch.float32)
+            [torch.nn.utils.skip_init(torch.nn.Linear, d, d, bias=True, device=view.device,
+                                      dtype=torch.float32)
              for _ in range(n)]
         )
         with torch.no_grad():
