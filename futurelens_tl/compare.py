@@ -36,7 +36,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl import data as _data
-from futurelens_tl.lenses.base import Lens, NonFiniteError, check_finite_params, explain_nonfinite
+from futurelens_tl.lenses.base import (
+    Lens,
+    NonFiniteError,
+    check_finite_params,
+    explain_nonfinite,
+    model_fingerprint,
+)
 from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout, scratch_for
 from futurelens_tl.model import ModelView, as_view
 
@@ -708,7 +714,7 @@ def compare(
             panel["note"] = panel["note"] or "free-running continuation"
         grid["lenses"].append(panel)
     meta = {
-        "fingerprint": view.fingerprint, "basis": view.basis, "n_layers": view.n_layers,
+        "fingerprint": model_fingerprint(view), "basis": view.basis, "n_layers": view.n_layers,
         "lenses": {lens.name: {"class": type(lens).__name__, "n_ahead": lens.n_ahead,
                                "layers": list(lens.layers)} for lens in lens_list},
         "d_vocab": V, "rows": R,

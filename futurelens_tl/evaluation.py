@@ -371,7 +371,7 @@ def evaluate(
     import pandas as pd
 
     from futurelens_tl import data as _data
-    from futurelens_tl.lenses.base import NonFiniteError, explain_nonfinite
+    from futurelens_tl.lenses.base import NonFiniteError, explain_nonfinite, model_fingerprint
     from futurelens_tl.metrics import NgramBaseline, _check_ks, confidence_buckets
     from futurelens_tl.model import as_view
 
@@ -469,7 +469,7 @@ def evaluate(
                                  token_fed=bool(lens.token_fed), label_source=label_source,
                                  bucket=b["bucket"], value=b["precision"], n=int(b["n"])))
         meta: dict[str, Any] = {
-            "fingerprint": view.fingerprint, "basis": view.basis,
+            "fingerprint": model_fingerprint(view), "basis": view.basis,
             "n_windows": int(windows.shape[0]), "seq_len": int(T),
             "label_source": label_source, "n_ahead": ns, "k": ks,
             "lenses": [x.name for x in plain],

@@ -173,8 +173,8 @@ class Lens(torch.nn.Module):
         dup = sorted({x for x in self.layers if self.layers.count(x) > 1})
         if dup:
             raise ValueError(
-                f"layers={list(layers) if layers is not None else None!r} repeats layer(s) {dup}; "
-                "give each layer once."
+                f"layers={self.layers} repeats layer(s) {dup}; give each layer once (a "
+                "repeated layer would be read, trained and counted twice)."
             )
         if name is not None:
             self.name = name

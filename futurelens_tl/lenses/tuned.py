@@ -113,7 +113,7 @@ class TunedLens(Lens):
                 t.weight.zero_()
                 t.bias.zero_()
         self.basis = view.basis
-        self.fingerprint = view.fingerprint
+        self.fingerprint = model_fingerprint(view)
         self.meta: dict[str, Any] = {"hyperparameters": {}, "data": {}}
         self.train_result: TrainResult | None = None
 
@@ -354,7 +354,7 @@ class TunedLens(Lens):
                 raise TypeError("hyperparameters/data are not JSON objects")
         lens.meta = {"hyperparameters": hyper, "data": data}
         if not strict:
-            lens.fingerprint = as_view(model).fingerprint
+            lens.fingerprint = model_fingerprint(model)
             lens.basis = as_view(model).basis
         return lens
 
