@@ -59,7 +59,8 @@ class FutureLensConfig:
         prompt_grad_accum: Micro-batches per optimizer step (official 4).
         prompt_epochs: Passes over the training split (official 1).
         linear_ls: Least-squares initialisation of ``linear_hidden``.
-        linear_ridge: Relative ridge added to ``XᵀX`` (times its mean diagonal).
+        linear_ridge: Relative ridge added to ``XᵀX`` (times its mean diagonal); None picks
+            it per (layer, N) on the validation split (``future_fit.RIDGE_GRID``).
         linear_lr: SGD learning rate (official ``0.5 * (1 - 0.9) = 0.05``).
         linear_momentum: Nesterov momentum (0.9).
         linear_weight_decay: SGD weight decay (1e-3).
@@ -96,7 +97,7 @@ class FutureLensConfig:
     prompt_grad_accum: int = 4
     prompt_epochs: int = 1
     linear_ls: bool = True
-    linear_ridge: float = 1e-4
+    linear_ridge: float | None = None
     linear_lr: float = 0.05
     linear_momentum: float = 0.9
     linear_weight_decay: float = 1e-3

@@ -40,6 +40,10 @@ _NAN_HINT = ("Check the model's weights and the cached features for NaN/inf "
              "(torch.isfinite(data.sources).all()).")
 
 
+#: Relative ridge values tried (selection on the validation split) when ``linear_ridge=None``.
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
 class FitMixin:
     """Training routines of :class:`~futurelens_tl.lenses.future.FutureLens`."""
 
@@ -143,6 +147,8 @@ class FitMixin:
             info = lens._fit_prompt(data, verbose, ck)
         info["resumed_from_epoch"] = ck.start_epoch if ck.state is not None else None
         lens.basis, lens.fingerprint = view.basis, view.fingerprint
+        if getattr(lens, "_ridge_chosen", None):
+            info["ridge"] = lens._ridge_chosen
         lens.training_summary = {
             "method": method, "train_s": time.perf_counter() - t0,
             "extract_s": data.meta.get("extract_s"), "data": data.summary(), **info,
@@ -182,20 +188,7 @@ class FitMixin:
         cfg = self.config
         tr, va = data.indices("train"), data.indices("val")
         if cfg.linear_ls and ck.state is None:
-            with torch.no_grad():
-                for i, layer in enumerate(self.layers):
-                    x = data.sources[data.layer_row(layer), tr].double()
-                    xm = x.mean(0)
-                    xc = x - xm
-                    xtx = xc.T @ xc
-                    ridge = cfg.linear_ridge * float(xtx.diagonal().mean()) + 1e-12
-                    xtx += ridge * torch.eye(xtx.shape[0], dtype=xtx.dtype)
-                    for j, n in enumerate(self.n_aheads):
-                        y = data.targets[tr, n].double()
-                        ym = y.mean(0)
-                        a = torch.linalg.solve(xtx, xc.T @ (y - ym))
-                        self.A.data[i, j] = a.to(self.A.dtype)
-                        self.b.data[i, j] = (ym - xm @ a).to(self.b.dtype)
+            self._least_squares(data, tr, va)
             if not (torch.isfinite(self.A).all() and torch.isfinite(self.b).all()):
                 raise _diverged("least-squares map (linear_hidden)", 0, None, ck, _NAN_HINT)
         opt = torch.optim.SGD([self.A, self.b], lr=cfg.linear_lr, momentum=cfg.linear_momentum,
@@ -276,7 +269,7 @@ class FitMixin:
         opt = torch.optim.AdamW(params, lr=cfg.vocab_lr, weight_decay=0.0)
         if ck.state is None:
             if cfg.vocab_ls:
-                self._vocab_least_squares(data, tr)
+                self._least_squares(data, tr, va)
             else:
                 with torch.no_grad():  # bias = log of the mean model distribution (unigram)
                     for j, n in enumerate(self.n_aheads):
@@ -310,45 +303,87 @@ class FitMixin:
                 "n_train": len(tr)}
 
     @torch.no_grad()
-    def _vocab_least_squares(self, data: FutureLensData, tr: Tensor, chunk: int = 1024) -> None:
-        """Ridge regression of the model's log-probs on ``h`` (fp64 normal equations).
+    def _least_squares(self, data: FutureLensData, tr: Tensor, va: Tensor,
+                       chunk: int = 1024) -> None:
+        """Closed-form start of the blind maps on the **whole** training split (pitfall 4).
 
-        The start of ``linear_vocab`` (ours; the paper's recipe is unpublished, §2.2): with a
-        zero ``W`` and a few hundred examples the KL fine-tuning moves little more than the
-        bias, so every layer would score the same unigram guess. ``W, c`` minimise
-        ``||W h + c - log P_model^N||²`` on the training split (streamed over the vocabulary
-        targets in chunks); a low-rank map takes the top-``r`` SVD factors.
+        ``linear_hidden`` regresses the final residual ``h^{L-1}_{T+N}`` on ``h_T^l`` (§2.1);
+        ``linear_vocab`` regresses the model's log-probs ``log P_model^N`` (ours; the paper's
+        recipe is unpublished, §2.2: from a zero ``W`` small data trains little more than the
+        bias, so every layer scored one unigram guess). Both use fp64 normal equations on
+        centred data, with the vocabulary targets streamed in chunks. The ridge (relative to
+        the mean diagonal of ``XᵀX``) is ``config.linear_ridge`` or, when that is None, the
+        value of :data:`RIDGE_GRID` with the lowest **validation** KL per (layer, N) (with few
+        examples per dimension the unregularised fit overfits badly). A low-rank
+        ``linear_vocab`` takes the top-``r`` SVD factors of the solution.
         """
-        cfg = self.config
+        cfg, view = self.config, self.view
+        vocab = self.method == "linear_vocab"
+        grid = ((cfg.linear_ridge,) if cfg.linear_ridge is not None or not len(va)
+                else RIDGE_GRID)
+        grid = tuple(1e-4 if r is None else r for r in grid)
+        chosen: dict[str, float] = {}
         for i, layer in enumerate(self.layers):
             x = data.sources[data.layer_row(layer), tr].double()
             xm = x.mean(0)
             xc = x - xm
-            xtx = xc.T @ xc
-            xtx += (cfg.linear_ridge * float(xtx.diagonal().mean()) + 1e-12) * torch.eye(
-                xtx.shape[0], dtype=xtx.dtype)
+            evals, q = torch.linalg.eigh(xc.T @ xc)
+            scale = float(evals.clamp_min(0).mean())
             for j, n in enumerate(self.n_aheads):
-                zm = torch.zeros(self.view.d_vocab, dtype=torch.float64)
-                for s in range(0, len(tr), chunk):
-                    zm += data.target_logprobs(self.view, n, tr[s:s + chunk]).double().cpu().sum(0)
-                zm /= len(tr)
-                xtz = torch.zeros(x.shape[1], self.view.d_vocab, dtype=torch.float64)
-                for s in range(0, len(tr), chunk):
-                    z = data.target_logprobs(self.view, n, tr[s:s + chunk]).double().cpu()
-                    xtz += xc[s:s + chunk].T @ (z - zm)
-                w = torch.linalg.solve(xtx, xtz)  # [d, V]
-                c = zm - xm @ w
-                if not (torch.isfinite(w).all() and torch.isfinite(c).all()):
-                    raise _diverged("least-squares map (linear_vocab)", 0, None,
-                                    EpochCheckpoint(None, {}), _NAN_HINT)
-                if hasattr(self, "W"):
-                    self.W.data[i, j] = w.to(self.W.dtype)
+                if vocab:
+                    ym = torch.zeros(view.d_vocab, dtype=torch.float64)
+                    for s in range(0, len(tr), chunk):
+                        ym += data.target_logprobs(view, n, tr[s:s + chunk]).double().cpu().sum(0)
+                    ym /= len(tr)
+                    xty = torch.zeros(x.shape[1], view.d_vocab, dtype=torch.float64)
+                    for s in range(0, len(tr), chunk):
+                        z = data.target_logprobs(view, n, tr[s:s + chunk]).double().cpu()
+                        xty += xc[s:s + chunk].T @ (z - ym)
                 else:
-                    u, sv, vh = torch.linalg.svd(w, full_matrices=False)
-                    r = self.U.shape[-1]
-                    self.U.data[i, j] = (u[:, :r] * sv[:r].sqrt()).to(self.U.dtype)
-                    self.V.data[i, j] = (sv[:r].sqrt()[:, None] * vh[:r]).to(self.V.dtype)
-                self.c.data[i, j] = c.to(self.c.dtype)
+                    y = data.targets[tr, n].double()
+                    ym = y.mean(0)
+                    xty = xc.T @ (y - ym)
+                qty = q.T @ xty
+                best = (math.inf, None)
+                for r in grid:
+                    a = q @ (qty / (evals.clamp_min(0) + r * scale + 1e-12)[:, None])
+                    self._set_map(i, j, a, ym - xm @ a)
+                    if len(grid) == 1:
+                        break
+                    kl = self._map_val_kl(data, va, i, j, n, layer)
+                    if kl < best[0]:
+                        best = (kl, r)
+                if len(grid) > 1 and best[1] is not None:
+                    r = best[1]
+                    a = q @ (qty / (evals.clamp_min(0) + r * scale + 1e-12)[:, None])
+                    self._set_map(i, j, a, ym - xm @ a)
+                chosen[f"{layer}/{n}"] = float(r)
+        self._ridge_chosen = chosen
+
+    def _set_map(self, i: int, j: int, a: Tensor, c: Tensor) -> None:
+        if not (torch.isfinite(a).all() and torch.isfinite(c).all()):
+            raise _diverged(f"least-squares map ({self.method})", 0, None,
+                            EpochCheckpoint(None, {}), _NAN_HINT)
+        if self.method == "linear_hidden":
+            self.A.data[i, j] = a.to(self.A.dtype)
+            self.b.data[i, j] = c.to(self.b.dtype)
+            return
+        if hasattr(self, "W"):
+            self.W.data[i, j] = a.to(self.W.dtype)
+        else:
+            u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+            r = self.U.shape[-1]
+            self.U.data[i, j] = (u[:, :r] * sv[:r].sqrt()).to(self.U.dtype)
+            self.V.data[i, j] = (sv[:r].sqrt()[:, None] * vh[:r]).to(self.V.dtype)
+        self.c.data[i, j] = c.to(self.c.dtype)
+
+    def _map_val_kl(self, data: FutureLensData, va: Tensor, i: int, j: int, n: int,
+                    layer: int) -> float:
+        dev = self.view.device
+        h = data.sources[data.layer_row(layer), va].to(dev)
+        li = torch.full((len(va),), i, device=dev)
+        return float(_kl(data.target_logprobs(self.view, n, va),
+                         self._linear_logits(h, li, j)).mean())
 
     def _prompt_loss(self, data: FutureLensData, bidx: Tensor) -> Tensor:
         """Sum over source layers of the batchmean KL, averaged over ``train_n``."""
