@@ -232,3 +232,20 @@ def test_non_finite_features_raise_training_diverged(model, data):
         with pytest.raises(TrainingDivergedError, match="non-finite"):
             FutureLens.fit(model, None, method, layers=[1], n_ahead=(1,), data=bad,
                            linear_epochs=1, vocab_epochs=1, verbose=False)
+
+
+def test_one_forward_for_every_n_equals_per_n_runs(model, data):
+    """Causal attention: logits at M-1+N of one pass == the per-N teacher-forced runs."""
+    lp = FutureLens(model, "learned_prompt", layers=[0, 1], n_ahead=(1, 2))
+    fx = FutureLens(model, "fixed_prompt", layers=[0, 1], n_ahead=(1,), fixed_prompt="w3 w4 w5")
+    idx = torch.arange(6)
+    h = torch.cat([data.sources[0, idx], data.sources[1, idx]])
+    lay = torch.tensor([0] * 6 + [1] * 6)
+    nt = data.labels[idx].repeat(2, 1)
+    for lens in (lp, fx):
+        for patch in (True, False):
+            alln = lens.rows_logits_all_n(h, lay, nt, 2, patch=patch)
+            for n in range(3):
+                torch.testing.assert_close(alln[:, n], lens.rows_logits(h, lay, n, nt,
+                                                                        patch=patch),
+                                           atol=1e-5, rtol=1e-5)

@@ -353,6 +353,34 @@ class FutureLens(FitMixin, Lens):
             tail = next_tokens[:, :n_ahead]
         return self._prompt_logits(h, pidx, patch_at, tail, patch=patch)
 
+    def rows_logits_all_n(
+        self,
+        h: Float[Tensor, "rows d_model"],
+        layers: Int[Tensor, " rows"],
+        next_tokens: Int[Tensor, "rows n"],
+        n_max: int,
+        *,
+        patch: bool = True,
+    ) -> Float[Tensor, "rows n1 d_vocab"]:
+        """Teacher-forced logits for every ``N = 0..n_max`` at once (``[rows, n_max+1, V]``).
+
+        Prompt methods need **one** forward over ``prompt + x_{T+1..T+n_max}``: with causal
+        attention the logits at position ``M-1+N`` depend only on the prompt, the transplant
+        and ``x_{T+1..T+N}``, so they equal the per-N runs of :meth:`rows_logits` (the official
+        code recomputes one forward per N, reference §7). Blind methods stack their per-N maps
+        (every N must be covered).
+        """
+        if not self.is_prompt:
+            return torch.stack([self.rows_logits(h, layers, n) for n in range(n_max + 1)], 1)
+        for x in set(layers.tolist()):
+            self.check_layer(int(x))
+        if next_tokens.shape[-1] < n_max:
+            raise ValueError(f"next_tokens has {next_tokens.shape[-1]} tokens per row; "
+                             f"n_max={n_max} needs {n_max}.")
+        pidx, patch_at = self._row_indices(layers.cpu())
+        return self._prompt_logits(h, pidx, patch_at, next_tokens[:, :n_max],
+                                   all_positions=True, patch=patch)
+
     def forward(
         self,
         resid: Float[Tensor, "... d_model"],

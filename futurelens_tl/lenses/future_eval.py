@@ -155,21 +155,28 @@ class _Collector:
         return self.rows
 
 
-def _score(col: _Collector, base: dict[str, Any], logits: Tensor, tlp: Tensor, y: Tensor,
-           ks: tuple[int, ...], edges: Sequence[float] | None, conf: Tensor | None) -> None:
-    """All teacher-forced metrics of one (variant, layer, N) from its ``[ne, V]`` logits."""
+def _row_stats(logits: Tensor, tlp: Tensor, y: Tensor, kmax: int) -> dict[str, Tensor]:
+    """Per-row teacher-forced statistics of one chunk (``logits``, ``tlp`` are ``[r, V]``)."""
     lp = torch.log_softmax(logits.float(), -1)
-    top = lp.topk(min(max(ks), lp.shape[-1]), -1).indices
-    hits = (top == y[:, None]).cumsum(-1).clamp(max=1).double()
+    top = lp.topk(min(kmax, lp.shape[-1]), -1).indices
+    return {"hits": (top == y[:, None]).cumsum(-1).clamp(max=1).double().cpu(),
+            "surprisal": -tlp.gather(1, top[:, :1])[:, 0].double().cpu(),
+            "surprisal_label": -lp.gather(1, y[:, None])[:, 0].double().cpu(),
+            "kl": (tlp.exp() * (tlp - lp)).sum(-1).double().cpu()}
+
+
+def _add_scored(col: _Collector, base: dict[str, Any], st: dict[str, Tensor],
+                ks: tuple[int, ...], edges: Sequence[float] | None, conf: Tensor) -> None:
+    """Rows of one (variant, layer, N) from its per-example statistics."""
+    hits = st["hits"]
     for k in ks:
         col.add(base, "precision", k, hits[:, min(k, hits.shape[1]) - 1])
-    col.add(base, "surprisal", None, -tlp.gather(1, top[:, :1])[:, 0])
-    col.add(base, "surprisal_label", None, -lp.gather(1, y[:, None])[:, 0])
-    col.add(base, "kl", None, (tlp.exp() * (tlp - lp)).sum(-1))
-    if edges is not None and conf is not None:
-        for lab, m in zip(bucket_labels(edges), _bucket_masks(conf, edges)):
-            col.add(base, "precision", 1, hits[:, 0], w=m.double(), bucket=lab)
-    col.hits1[(base["lens"], base["layer"], base["n_ahead"])] = hits[:, 0].cpu()
+    for m in ("surprisal", "surprisal_label", "kl"):
+        col.add(base, m, None, st[m])
+    if edges is not None:
+        for lab, msk in zip(bucket_labels(edges), _bucket_masks(conf, edges)):
+            col.add(base, "precision", 1, hits[:, 0], w=msk.double(), bucket=lab)
+    col.hits1[(base["lens"], base["layer"], base["n_ahead"])] = hits[:, 0]
 
 
 def _shuffle_index(doc: Tensor, seed: int) -> Tensor:
@@ -220,29 +227,39 @@ def _teacher_forced(lens: Any, view: ModelView, data: FutureLensData, idx: Tenso
         elif c == "no_patch":
             variants[c] = real
     nt_rows = data.labels[idx].repeat(nl, 1)
+    ex_rows = torch.arange(ne).repeat(nl)
     last = view.n_layers - 1
-    for n in ns:
-        tlp = data.target_logprobs(view, n, idx)
-        conf = tlp.max(-1).values.exp().cpu()
-        y = data.labels[idx, n].to(tlp.device)
-        for c, h_all in variants.items():
-            out = []
-            for s in range(0, len(h_all), bs):
-                h = h_all[s : s + bs].to(view.device)
-                nt = nt_rows[s : s + bs] if lens.is_prompt else None
-                out.append(lens.rows_logits(h, lay_rows[s : s + bs], n, nt,
-                                            patch=c != "no_patch").float())
-            logits = torch.cat(out).view(nl, ne, -1)
+    tlps = {n: data.target_logprobs(view, n, idx) for n in ns}
+    for c, h_all in variants.items():
+        stats: dict[int, list[dict[str, Tensor]]] = {n: [] for n in ns}
+        for s in range(0, len(h_all), bs):
+            h = h_all[s : s + bs].to(view.device)
+            lay, ex = lay_rows[s : s + bs], ex_rows[s : s + bs]
+            if lens.is_prompt:  # one forward serves every N (causal: position M-1+N)
+                alln = lens.rows_logits_all_n(h, lay, nt_rows[s : s + bs], max(ns),
+                                              patch=c != "no_patch")
+                per_n = {n: alln[:, n] for n in ns}
+            else:
+                per_n = {n: lens.rows_logits(h, lay, n) for n in ns}
+            for n in ns:
+                tlp = tlps[n][ex.to(tlps[n].device)]
+                y = data.labels[idx, n][ex].to(tlp.device)
+                stats[n].append(_row_stats(per_n[n].to(tlp.device), tlp, y, max(ks)))
+        for n in ns:
+            st = {key: torch.cat([x[key] for x in stats[n]]).view(nl, ne, -1).squeeze(-1)
+                  for key in stats[n][0]}
+            st["hits"] = st["hits"].view(nl, ne, -1)
+            conf = tlps[n].max(-1).values.exp().cpu()
             for i, layer in enumerate(lens.layers):
                 target = lens.target_layer if lens.target_layer is not None else layer
-                matters = not (lens.is_prompt and n >= 1 and target == last) and c is None
+                matters = not (lens.is_prompt and n >= 1 and target == last)
                 label = lens.name if c is None else f"{lens.name} [{c}]"
                 base = dict(lens=label, method=lens.method, layer=layer, n_ahead=n,
                             mode="teacher_forced", token_fed=bool(lens.is_prompt and n >= 1),
                             label_source=data.label_source, control=c,
                             h_matters=bool(matters) if c is None else None)
-                _score(col, base, logits[i].to(tlp.device), tlp, y, ks,
-                       edges if c is None else None, conf)
+                _add_scored(col, base, {key: v[i] for key, v in st.items()}, ks,
+                            edges if c is None else None, conf)
 
 
 def _free_running(lens: Any, view: ModelView, data: FutureLensData, idx: Tensor,
