@@ -249,3 +249,38 @@ def test_one_forward_for_every_n_equals_per_n_runs(model, data):
                 torch.testing.assert_close(alln[:, n], lens.rows_logits(h, lay, n, nt,
                                                                         patch=patch),
                                            atol=1e-5, rtol=1e-5)
+
+
+def test_future_information_ablation_identities(model, data):
+    """Rank 0 changes nothing; removing every direction sets h_T to the training mean."""
+    from futurelens_tl.lenses.future_ablation import future_information_ablation
+
+    lens = FutureLens.fit(model, None, "linear_hidden", layers=[0], n_ahead=(1,), data=data,
+                          linear_epochs=0, verbose=False)
+    none = future_information_ablation(model, lens, data, 0, rank=0, n_random=1, n_boot=0)
+    assert (none[none.metric == "kl"].value.abs() < 1e-6).all()
+    d = fl.as_view(model).d_model
+    full = future_information_ablation(model, lens, data, 0, rank=d, n_random=1, n_boot=0)
+    view = fl.as_view(model)
+    idx = data.indices("test")
+    mean = lens.source_mean[0]
+    torch.testing.assert_close(mean, data.sources[data.layer_row(0), data.indices("train")].mean(0))
+    i = int(idx[0])
+    t = int(data.source_pos[i])
+    seq = data.tokens[i : i + 1, : t + 1 + data.n_max]
+
+    def hook(x, hook):
+        x = x.clone()
+        x[0, t] = mean
+        return x
+
+    logits = view.run_with_hooks(seq, [(view.resid_hook(0), hook)])
+    clean = torch.log_softmax(view.forward(seq)[0, t + 1].float(), -1)
+    abl = torch.log_softmax(logits[0, t + 1].float(), -1)
+    want = float((clean.exp() * (clean - abl)).sum())
+    one = data.subset(torch.tensor([i]))
+    single = future_information_ablation(model, lens, one, 0, rank=d, n_random=0, n_boot=0)
+    got = single[(single.subspace == "lens") & (single.metric == "kl")
+                 & (single.n_ahead == 1)].value.iloc[0]
+    assert want > 1e-6 and abs(got - want) < 1e-4 * max(1.0, want)
+    assert len(full[(full.subspace == "random") & (full.metric == "kl")]) == data.n_max + 1
