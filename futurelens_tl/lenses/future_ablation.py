@@ -62,7 +62,7 @@ def _run_ablated(view: Any, data: FutureLensData, idx: Tensor, layer: int, basis
         rows = torch.arange(len(b), device=view.device)
         td = t.to(view.device)
 
-        def hook(x: Tensor, hook: Any) -> Tensor:
+        def hook(x: Tensor, hook: Any, rows: Tensor = rows, td: Tensor = td) -> Tensor:
             if basis is None:
                 return x
             x = x.clone()
