@@ -92,7 +92,7 @@ def future_protocol(
                            splits=(1 - val_fraction, val_fraction, 0.0), seed=seed,
                            verbose=verbose)
     test = build_features(model, list(test_texts), n_max=n_max, layers=lays, window=window,
-                          contexts_per_window=test_contexts_per_window, splits=(0, 0, 1),
+                          contexts_per_window=test_contexts_per_window, splits=(0.0, 0.0, 1.0),
                           seed=seed + 1, verbose=verbose)
     # n-grams counted on every training document (not only the sampled windows)
     wins, valid, _ = doc_windows(view, list(baseline_texts or train_texts), window)

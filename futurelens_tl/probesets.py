@@ -78,7 +78,7 @@ class ProbeSet:
         if not pos:
             raise ValueError(f"no {self.family} position leaves {n_max + 1} label tokens.")
         return build_features(model, self.windows, n_max=n_max, layers=layers, positions=pos,
-                              docs=torch.arange(self.windows.shape[0]), splits=(0, 0, 1),
+                              docs=torch.arange(self.windows.shape[0]), splits=(0.0, 0.0, 1.0),
                               label_source=label_source, verbose=verbose)
 
 
