@@ -284,3 +284,27 @@ def test_future_information_ablation_identities(model, data):
                  & (single.n_ahead == 1)].value.iloc[0]
     assert want > 1e-6 and abs(got - want) < 1e-4 * max(1.0, want)
     assert len(full[(full.subspace == "random") & (full.metric == "kl")]) == data.n_max + 1
+
+
+def test_probe_sets_put_the_future_in_context():
+    """The tokens after each source position already occurred earlier in the same sequence."""
+    from conftest import toy_or_skip
+
+    from futurelens_tl.probesets import probe_set
+
+    toy = toy_or_skip()
+    rep = probe_set(toy, "repeat", n_docs=3, length=6, seed=0)
+    for d, t in rep.positions:
+        w = rep.windows[d]
+        assert torch.equal(w[1:7], w[7:13]) and t >= 7
+        assert int(w[t + 1]) == int(w[t + 1 - 6])  # the next token is the one 6 back
+    kv = probe_set(toy, "key_value", n_docs=4, length=4, seed=1)
+    for d, t in kv.positions:
+        w = kv.windows[d, : int(kv.valid[d])].tolist()
+        code = w[t + 1 : len(w) - 1]  # the queried code, before the final "."
+        body = w[: t + 1]
+        assert any(body[i : i + len(code)] == code for i in range(len(body)))
+    cnt = probe_set(toy, "counting", n_docs=2, length=5, seed=0)
+    assert len(cnt.positions) == 2 * 3
+    with pytest.raises(ValueError, match="family"):
+        probe_set(toy, "nope")
