@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r.lens} {_cell(r)}" for r in base.itertuples()) + ".", ""]
         res[f"N={n}"] = t[["lens", "layer", "value", "ci_low", "ci_high"]].to_dict("records")
     # ---- the two claims
-    n1 = p1[(p1.n_ahead == 1) & (p1.lens == lp)].set_index("layer")
+    # claims about h use only blocks where h can matter (not the last one, h_matters=False)
+    n1 = p1[(p1.n_ahead == 1) & (p1.lens == lp) & (p1.layer < nl - 1)].set_index("layer")
+    layers_h = [x for x in layers if x < nl - 1]
     bigram1 = p1[(p1.n_ahead == 1) & (p1.lens == "bigram")].iloc[0]
     best = int(n1.value.idxmax())
     ratio = float(n1.value[best] / max(bigram1.value, 1e-12))
@@ -130,9 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     gm = gain_mean[gain_mean.n_ahead == 1].set_index("layer")
     gain_bg = ev.gain(lp, "bigram")
     gb = gain_bg[gain_bg.n_ahead == 1].set_index("layer")
-    interior = best not in (layers[0], layers[-1])
-    ends = [x for x in (layers[0], layers[-2] if layers[-1] == nl - 1 else layers[-1])
-            if x != best]
+    interior = best not in (layers_h[0], layers_h[-1])
+    ends = [x for x in (layers_h[0], layers_h[-1]) if x != best]
     peak_sig = False
     if interior and ev.groups is not None:
         diffs = torch.stack([ev.hits1[(lp, best, 1)] - ev.hits1[(lp, e, 1)] for e in ends])
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
               "the prompt scores on the fed token x_{T+1} alone at that block.",
               f"- **Mid-layer peak: {'holds' if interior and peak_sig else 'does not hold'}.** "
               f"The N = 1 maximum is at block {best} "
-              f"({'interior' if interior else 'an end'} of the sampled blocks)" + peak_txt + ".",
+              f"({'interior' if interior else 'an end'} of the sampled blocks {layers_h})"
+              + peak_txt + ".",
               f"- At block {nl - 1} (the last) h provably cannot change the N >= 1 readout of "
               "a prompt method (h_matters = False): its scores there equal the controls.", ""]
     res.update(best_layer=best, ratio_vs_bigram=ratio, ratio_conservative=lo_ratio,
