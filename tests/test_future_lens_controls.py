@@ -275,13 +275,13 @@ def test_future_information_ablation_identities(model, data):
         return x
 
     logits = view.run_with_hooks(seq, [(view.resid_hook(0), hook)])
-    clean = torch.log_softmax(view.forward(seq)[0, t + 1].float(), -1)
-    abl = torch.log_softmax(logits[0, t + 1].float(), -1)
+    clean = torch.log_softmax(view.forward(seq)[0, t].float(), -1)  # N = 0: read at T
+    abl = torch.log_softmax(logits[0, t].float(), -1)
     want = float((clean.exp() * (clean - abl)).sum())
     one = data.subset(torch.tensor([i]))
     single = future_information_ablation(model, lens, one, 0, rank=d, n_random=0, n_boot=0)
     got = single[(single.subspace == "lens") & (single.metric == "kl")
-                 & (single.n_ahead == 1)].value.iloc[0]
+                 & (single.n_ahead == 0)].value.iloc[0]
     assert want > 1e-6 and abs(got - want) < 1e-4 * max(1.0, want)
     assert len(full[(full.subspace == "random") & (full.metric == "kl")]) == data.n_max + 1
 
