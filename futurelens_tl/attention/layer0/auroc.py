@@ -4,9 +4,10 @@ Positives are the prefixes ``u`` seen before suffix ``s`` (weighted by ``c(u, s)
 rest (weight 1); ties count 1/2. That is ``sklearn.metrics.roc_auc_score`` with
 ``sample_weight`` (ref §8), which the tests use as the reference and ``method="sklearn"`` calls row
 by row. The default path gives the same numbers far faster: per suffix row it needs only the rank
-of each positive among all ``|V|`` scores, i.e. one sort of the row (numpy's vectorised sort,
-threads over rows) and a binary search per positive; suffixes never seen skip the row entirely
-(AUROC := 0, ref §8). On an accelerator the same closed form runs batched with ``torch.sort``.
+of each positive among all ``|V|`` scores: scores below the lowest positive are only counted, the
+rest sorted (numpy's vectorised sort, threads over rows), each positive binary-searched;
+suffixes never seen skip the row entirely (AUROC := 0, ref §8). On an accelerator the same
+closed form runs batched with ``torch.sort``.
 """
 
 from __future__ import annotations
@@ -101,8 +102,13 @@ def _weighted_auroc_csr(
 def _auroc_sorted_rows(
     scores: np.ndarray, bc: BigramCounts, rows: np.ndarray, out: np.ndarray
 ) -> None:
-    """Closed-form weighted AUROC for suffix ``rows`` given their score rows (numpy, in place)."""
-    srt = np.sort(scores, axis=-1)
+    """Closed-form weighted AUROC for suffix ``rows`` given their score rows (numpy, in place).
+
+    Only the ranks of the positives matter. Every score below the lowest positive is a negative
+    below all of them, so it is counted (one comparison pass) rather than sorted; only the tail
+    at or above the lowest positive is sorted, then each positive is placed by binary search
+    among the tail and among the positives (ties count 1/2).
+    """
     v = scores.shape[-1]
     for r, s in enumerate(rows):
         a, b = int(bc.indptr[s]), int(bc.indptr[s + 1])
@@ -112,10 +118,13 @@ def _auroc_sorted_rows(
         if m == v:
             out[r] = np.nan
             continue
-        p = scores[r, bc.prefix[a:b]]
+        row = scores[r]
+        p = row[bc.prefix[a:b]]
         w = bc.count[a:b].astype(np.float64)
-        lt = np.searchsorted(srt[r], p, "left")
-        le = np.searchsorted(srt[r], p, "right")
+        tail = np.sort(row[row >= p.min()])
+        n_below = v - tail.size
+        lt = np.searchsorted(tail, p, "left") + n_below
+        le = np.searchsorted(tail, p, "right") + n_below
         ps = np.sort(p)
         plt_ = np.searchsorted(ps, p, "left")
         ple = np.searchsorted(ps, p, "right")
