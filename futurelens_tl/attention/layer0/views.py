@@ -20,8 +20,14 @@ class _ViewsMixin:
     notes: tuple[str, ...]
 
     def default_query_pos(self) -> int:
-        """Query position used by summaries: 500 (the paper's) or ``n_ctx - 1`` if smaller."""
-        return min(500, self.n_ctx - 1)
+        """Query position used by summaries: 500 (the paper's), or ``n_ctx // 2`` if smaller.
+
+        The middle of a short context, not its end: the last positions are rarely trained (on
+        the toy model the fixed-query profile of position ``n_ctx - 1`` is inverted while every
+        earlier query shows the recency bias; GPT-2's last position embeddings are undertrained
+        too, ref §9.6).
+        """
+        return min(500, self.n_ctx // 2)
 
     def to_dataframe(self, query_pos: int | None = None) -> Any:
         """One row per head: norms of ``W^QK``/``b^QK`` and predicted positional attention.
