@@ -57,3 +57,22 @@ def test_toy_identity_and_detokenization_heads(toy, capsys):
         print(f"  head {best}: {hits} observed prefixes in the top-10 of 50 frequent suffixes "
               f"(random ranking: {expected:.1f})")
     assert hits > expected
+
+
+def test_toy_fixed_query_profile_shows_recency(toy):
+    """Issue 14: every fixed-query profile z[i, i-d] - z[i, i] falls with distance on the toy,
+    while the old average over different query sets per distance rises (the inverted profile)."""
+    dec = fl.decompose_first_layer(toy)
+    df = dec.position_terms_by_distance(max_distance=10, query_pos=[20, 60, 100])
+    assert (df[df.distance == 0].logit == 0).all()
+    at10 = df[df.distance == 10].pivot(index="query_pos", columns="head", values="logit")
+    assert (at10.to_numpy() < -1.0).all()  # every head, every fixed query: recency
+    # the pitfall, reproduced: centred rows averaged over all queries i >= d per distance
+    z = dec.position_logits().double()
+    n = z.shape[-1]
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    zc = (z - z.sum(-1, keepdim=True) / mask.sum(-1)) * mask
+    old = torch.stack([torch.diagonal(zc, offset=-d, dim1=-2, dim2=-1).mean(-1)
+                       for d in range(11)], -1)
+    assert (old[:, 10] > old[:, 0]).all()  # rises: it would have read as anti-recency
+    assert dec.default_query_pos() == dec.n_ctx // 2

@@ -15,10 +15,14 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AUROC_CAPTION",
+    "detokenization_table_html",
     "fig_to_html",
     "html_page",
     "html_table",
+    "notes_html",
     "position_heatmap",
+    "position_profile_lines",
     "position_term_bands",
     "positional_attention_curves",
     "term_contribution_bars",
@@ -97,8 +101,9 @@ def position_heatmap(values: np.ndarray, *, key_start: int = 0, query_pos: int |
 
 
 def positional_attention_curves(curves: dict[str, np.ndarray], *, key_start: int = 0,
-                                query_pos: int | None = None) -> Any:
-    """Predicted positional attention per head, one line per query-scale choice."""
+                                query_pos: int | None = None,
+                                label: str = "sigma_i={}") -> Any:
+    """Predicted positional attention per head, one line per curve (``label`` formats its key)."""
     plt = _plt()
     first = np.asarray(next(iter(curves.values())))
     n_heads = first.shape[0]
@@ -113,7 +118,7 @@ def positional_attention_curves(curves: dict[str, np.ndarray], *, key_start: int
             ax.axis("off")
             continue
         for name, arr in curves.items():
-            ax.plot(x, np.asarray(arr)[h], label=f"sigma_i={name}", lw=1)
+            ax.plot(x, np.asarray(arr)[h], label=label.format(name), lw=1)
         ax.set_title(f"head {h}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("predicted positional attention" +
@@ -135,7 +140,7 @@ def position_term_bands(df: Any, *, query_pos: int | None = None) -> Any:
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False)
     for k, h in enumerate(heads):
         ax = axes[k // cols][k % cols]
-        for term in ("pp", "p"):
+        for term in [t for t in ("pp", "p") if t in set(df["term"])]:
             d = df[(df["head"] == h) & (df["term"] == term)].sort_values("key_pos")
             ax.plot(d["key_pos"], d["mean"], lw=1, label=f"T_{term}")
             ax.fill_between(d["key_pos"], d["lo"], d["hi"], alpha=0.3)
@@ -181,3 +186,59 @@ def top_prefix_table(df: Any) -> str:
                           aggfunc="first")
     wide.columns = [f"#{c}" for c in wide.columns]
     return html_page("top prefixes (prefix+suffix, space shown as _)", [html_table(wide)])
+
+
+def notes_html(notes: Sequence[str]) -> str:
+    """What does not carry over to this model, as a short list (empty string when none)."""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return f"<p>Not applicable here / changed meaning:</p><ul>{items}</ul>"
+
+
+def position_profile_lines(df: Any) -> Any:
+    """Fixed-query relative position profiles ``z[i, i - Delta] - z[i, i]``, one panel per head.
+
+    ``df`` has columns ``head, query_pos, distance, logit`` (one line per query position).
+    """
+    plt = _plt()
+    heads = sorted(df["head"].unique())
+    cols = min(4, len(heads))
+    rows = -(-len(heads) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 2.2 * rows), squeeze=False,
+                             sharex=True)
+    for k, h in enumerate(heads):
+        ax = axes[k // cols][k % cols]
+        for q, d in df[df["head"] == h].groupby("query_pos"):
+            d = d.sort_values("distance")
+            ax.plot(d["distance"], d["logit"], lw=1, label=f"query {q}")
+        ax.axhline(0, color="#999", lw=0.5)
+        ax.set_title(f"head {h}", fontsize=9)
+    for k in range(len(heads), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("position logit relative to self, z[i, i - d] - z[i, i] (fixed query)",
+                 fontsize=10)
+    fig.supxlabel("distance d = i - j", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+AUROC_CAPTION = (
+    "Detokenization AUROC per head: for every suffix token, all prefixes are ranked by the "
+    "weight-only score T_ee(s -> u); positives are prefixes seen right before the suffix in the "
+    "corpus (weighted by count). Chance is 0.5 on seen suffixes (a random ranking); the paper's "
+    "mean counts unseen suffixes as 0, so its chance level is 0.5 x the fraction of suffixes seen "
+    "(chance_all) and small corpora pull it far below 0.5. A head below chance on seen suffixes "
+    "is not broken: it ranks the observed preceding subwords below unobserved ones, i.e. it "
+    "attends away from the previous token (to itself, by position or to distant context); the "
+    "paper finds such heads in GPT-2 (heads 1, 5, 8, 9). The interval is a 95 % normal "
+    "approximation over seen suffixes."
+)
+
+
+def detokenization_table_html(df: Any) -> str:
+    """The per-head AUROC table with its controls, intervals and the caption above."""
+    return html_page("Detokenization AUROC (weights vs corpus bigrams)", [
+        html_table(df.round(4)), f"<p><small>{html.escape(AUROC_CAPTION)}</small></p>",
+    ])
