@@ -40,6 +40,7 @@ from futurelens_tl.lenses.artifacts import (
     save_artifact,
 )
 from futurelens_tl.lenses.base import Lens, LensMismatchError
+from futurelens_tl.lenses.distributed import DistContext, context
 from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult
 from futurelens_tl.model import LayerLike, as_view, tl_version
 
@@ -94,8 +95,10 @@ class TunedLens(Lens):
         self.n_ahead = token_shift
         n = view.n_layers + (1 if token_shift >= 1 else 0)
         d = view.d_model
+        # on the unembedding's device: the last one when the model is sharded over devices
+        device = view.W_U.device
         self.translators = torch.nn.ModuleList(
-            [torch.nn.Linear(d, d, bias=True, device=view.device, dtype=torch.float32)
+            [torch.nn.Linear(d, d, bias=True, device=device, dtype=torch.float32)
              for _ in range(n)]
         )
         with torch.no_grad():
@@ -119,7 +122,7 @@ class TunedLens(Lens):
         if not self.has_translator(layer):
             return resid
         t = self.translators[layer + 1]
-        x = resid.to(t.weight.dtype)
+        x = resid.to(device=t.weight.device, dtype=t.weight.dtype)
         return (x + F.linear(x, t.weight, t.bias)).to(resid.dtype)
 
     def trained_layers(self) -> list[int]:
@@ -162,8 +165,14 @@ class TunedLens(Lens):
         stop_after: int | None = None,
         seed: int = 0,
         verbose: bool = True,
+        dist: DistContext | None = None,
     ) -> TrainResult:
         """Train the translators in place to minimise ``KL(final || lens)`` (§B.2, §B.3).
+
+        Data-parallel under ``torchrun`` (see :mod:`futurelens_tl.lenses.distributed` and
+        ``docs/howto/distributed.md``): ``batch_size`` is the *global* batch; each rank runs the
+        model on its contiguous shard of the step's windows, DDP averages the gradients, and the
+        lens equals (to float rounding) the one a single process trains with the same arguments.
 
         Args:
             texts: Training corpus (string, list of strings, file, or ``[n, pos]`` windows).
@@ -179,8 +188,10 @@ class TunedLens(Lens):
             checkpoint_every: Steps between checkpoints.
             resume: Resume from ``checkpoint`` if it exists.
             stop_after: Stop after this many steps (the schedule still targets all steps).
-            seed: Data-order seed.
-            verbose: Progress bar.
+            seed: Data-order seed (the same on every rank: it fixes the global batches).
+            verbose: Progress bar (rank 0 only).
+            dist: The data-parallel job (default: the current ``torch.distributed`` process
+                group, a world of one when none is initialised).
 
         Returns:
             The :class:`~futurelens_tl.lenses.trainer.TrainResult` (also on
@@ -190,8 +201,11 @@ class TunedLens(Lens):
             ValueError: Bad arguments or a corpus shorter than one window.
             LensMismatchError: The model no longer matches the lens (fingerprint/basis).
             TrainingDivergedError: Loss or gradients became non-finite.
+            DistributedTrainingError: Another rank died or timed out (the message says where
+                the resumable checkpoint is).
         """
         view = self.view
+        dist = context() if dist is None else dist
         self.check_model(view)
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
             raise ValueError(f"tokens={tokens!r} must be an int >= 1 (the token budget)")
@@ -220,8 +234,18 @@ class TunedLens(Lens):
         for i, t in enumerate(self.translators):
             t.requires_grad_((i - 1) in layers)
 
+        if batch_size < dist.world_size:
+            raise ValueError(f"batch_size={batch_size} (the global batch) is smaller than "
+                             f"world_size={dist.world_size}: every rank needs at least one "
+                             "window per step")
+
         def step_fn(step: int) -> Iterator[tuple[str, Tensor]]:
-            batch = windows[batch_indices(n_windows, batch_size, step, seed)].to(view.device)
+            # the global batch is the same on every rank; this rank takes its contiguous shard
+            # and yields its share of the global mean (DDP averages over ranks)
+            lo, hi = dist.bounds(batch_size)
+            idx = batch_indices(n_windows, batch_size, step, seed)[lo:hi]
+            share = dist.share(hi - lo, batch_size)
+            batch = windows[idx].to(view.device)
             with torch.no_grad():
                 logits, resid = view.residuals(batch, layers)
                 _data.FORWARD_COUNTER.passes += 1
@@ -235,9 +259,9 @@ class TunedLens(Lens):
                 # KL(p || softmax z) = sum p log p - sum p z + logsumexp z  (sum p = 1): no
                 # [rows, vocab] log-softmax is materialised for the backward pass
                 kl = (neg_entropy - (p_tgt * z).sum(-1) + torch.logsumexp(z, dim=-1)).mean()
-                yield f"layer {layer}", kl
+                yield f"layer {layer}", kl if share == 1.0 else kl * share
 
-        trainer = Trainer(self, cfg)
+        trainer = Trainer(self, cfg, dist=dist)
         t0 = time.perf_counter()
         result = trainer.run(step_fn)
         self.train_result = result
@@ -251,6 +275,7 @@ class TunedLens(Lens):
             "data": {
                 "n_windows": int(n_windows), "window_tokens": int(windows.numel()),
                 "tokens_seen": int(result.steps_done * batch_size * T),
+                "world_size": dist.world_size,
                 "source": "tensor" if isinstance(texts, Tensor) else
                 (texts if isinstance(texts, str) and len(texts) < 200 else "texts"),
             },
