@@ -135,15 +135,26 @@ def train_lens_main(argv: Sequence[str] | None = None, *, prog: str | None = Non
         model = _load_model(args, ctx, device)
         layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
         lens = TunedLens(model, layers, token_shift=args.token_shift)
+        texts = _texts(args.texts)
         t0 = time.perf_counter()
-        result = lens.train_on(
-            _texts(args.texts), tokens=args.tokens, batch_size=args.batch_size,
-            seq_len=args.seq_len, lr=args.lr, momentum=args.momentum,
-            weight_decay=args.weight_decay, optimizer=args.optimizer, grad_clip=args.grad_clip,
-            checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-            resume=not args.no_resume, stop_after=args.stop_after, seed=args.seed,
-            verbose=not args.quiet, dist=ctx)
+        with D.StopOnSignal() as stop:
+            result = lens.train_on(
+                texts, tokens=args.tokens, batch_size=args.batch_size,
+                seq_len=args.seq_len, lr=args.lr, momentum=args.momentum,
+                weight_decay=args.weight_decay, optimizer=args.optimizer,
+                grad_clip=args.grad_clip, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+                stop_after=args.stop_after, seed=args.seed, verbose=not args.quiet, dist=ctx,
+                should_stop=stop)
         seconds = time.perf_counter() - t0
+        if result.interrupted:
+            where = (f"rank 0 saved it to {args.checkpoint!r}; relaunch the same command, with "
+                     "any number of processes, to resume" if args.checkpoint else
+                     "no --checkpoint was given, so a relaunch starts over")
+            print(f"{tag}futurelens_tl.train_lens: stopped by signal {stop.received} after step "
+                  f"{result.steps_done}/{lens.meta['hyperparameters']['steps']}; {where}.",
+                  file=sys.stderr, flush=True)
+            return 1
         hp = lens.meta["hyperparameters"]
         ran = result.steps_done - (result.resumed_from or 0)
         summary = {

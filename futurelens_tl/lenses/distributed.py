@@ -42,6 +42,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,6 +56,7 @@ __all__ = [
     "DistContext",
     "DistributedTrainingError",
     "GradSync",
+    "StopOnSignal",
     "all_reduce_mean",
     "broadcast_object",
     "context",
@@ -300,6 +303,47 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
+
+
+class StopOnSignal:
+    """Context manager: the first SIGTERM/SIGINT asks training to stop cleanly (a ``should_stop``).
+
+    ``torchrun`` answers a dead worker by sending SIGTERM to the others (and SIGKILL 30 s
+    later); a batch scheduler pre-empts jobs the same way. With this installed, a rank that
+    gets the signal finishes its step, every rank agrees to stop (the flag rides on the loss
+    all-reduce), and rank 0 checkpoints the step instead of dying mid-step. A second signal
+    gets the default behaviour. Outside the main thread it installs nothing.
+
+    Examples:
+        >>> from futurelens_tl.lenses.distributed import StopOnSignal
+        >>> with StopOnSignal() as stop:
+        ...     stop()
+        False
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        for sig, old in self._old.items():  # the next signal behaves as before
+            signal.signal(sig, old)
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
 
 
 class _AllParams(torch.nn.Module):

@@ -148,12 +148,15 @@ class TrainResult:
         history: Per step, the mean of each group's loss (``{"step": s, key: loss, ...}``).
         resumed_from: Step the run resumed from (``None`` if it started fresh).
         finished: Whether all ``config.steps`` are done.
+        interrupted: Whether ``should_stop`` (e.g. a SIGTERM from the launcher) ended the run
+            early; the checkpoint then holds the last step.
     """
 
     steps_done: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
     finished: bool = False
+    interrupted: bool = False
 
 
 class Trainer:
@@ -287,8 +290,17 @@ class Trainer:
             "check the data (empty or repeated windows) and the model dtype (try float32)."
         )
 
-    def run(self, step_fn: Callable[[int], Iterable[tuple[str, Tensor]]]) -> TrainResult:
-        """Run (or resume) training until ``config.steps`` (or ``stop_after``)."""
+    def run(self, step_fn: Callable[[int], Iterable[tuple[str, Tensor]]],
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Run (or resume) training until ``config.steps`` (or ``stop_after``).
+
+        Args:
+            step_fn: See the module docstring.
+            should_stop: Polled once per step on every rank (e.g. "a SIGTERM arrived"); when it
+                is true on any rank, every rank finishes the step, rank 0 checkpoints it and the
+                run returns with ``interrupted=True`` (the flag rides on the loss all-reduce:
+                no extra collective).
+        """
         c = self.config
         resumed: int | None = None
         if c.checkpoint_path and c.resume:
@@ -312,6 +324,9 @@ class Trainer:
                 loss.backward()
                 keys.append(key)
                 values.append(loss.detach().float().reshape(()))
+            if should_stop is not None:
+                device = values[0].device if values else torch.device("cpu")
+                values.append(torch.tensor(float(bool(should_stop())), device=device))
             try:
                 with guard_collective(self.dist, f"the gradient all-reduce of step "
                                       f"{self.step + 1}"):
@@ -320,7 +335,9 @@ class Trainer:
             except DistributedTrainingError as err:
                 self.save()  # rank 0: parameters are still those after the last full step
                 raise DistributedTrainingError(f"{err} {self._resume_hint()}") from err.__cause__
-            losses: dict[str, float] = dict(zip(keys, mean.tolist())) if mean is not None else {}
+            reduced = [] if mean is None else mean.tolist()
+            stop_now = should_stop is not None and reduced.pop() > 0
+            losses: dict[str, float] = dict(zip(keys, reduced))
             for key, value in losses.items():
                 if not math.isfinite(value):
                     raise self._diverged(f"loss for {key!r} is {value}")
@@ -338,6 +355,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.4f}")
             if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                 self.save()
+            if stop_now:
+                self.save()
+                return TrainResult(self.step, self.history, resumed, self.step >= c.steps,
+                                   interrupted=self.step < end)
         if c.checkpoint_path and (self.step == end):
             self.save()
         return TrainResult(self.step, self.history, resumed, self.step >= c.steps)

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -166,6 +166,7 @@ class TunedLens(Lens):
         seed: int = 0,
         verbose: bool = True,
         dist: DistContext | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
         """Train the translators in place to minimise ``KL(final || lens)`` (§B.2, §B.3).
 
@@ -192,6 +193,8 @@ class TunedLens(Lens):
             verbose: Progress bar (rank 0 only).
             dist: The data-parallel job (default: the current ``torch.distributed`` process
                 group, a world of one when none is initialised).
+            should_stop: Polled every step (e.g. "SIGTERM received"); when true on any rank the
+                run checkpoints the step and returns early (``result.interrupted``).
 
         Returns:
             The :class:`~futurelens_tl.lenses.trainer.TrainResult` (also on
@@ -263,7 +266,7 @@ class TunedLens(Lens):
 
         trainer = Trainer(self, cfg, dist=dist)
         t0 = time.perf_counter()
-        result = trainer.run(step_fn)
+        result = trainer.run(step_fn, should_stop)
         self.train_result = result
         self.meta = {
             "hyperparameters": {
