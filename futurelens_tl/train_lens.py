@@ -135,11 +135,14 @@ def train_lens_main(argv: Sequence[str] | None = None, *, prog: str | None = Non
         model = _load_model(args, ctx, device)
         layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
         lens = TunedLens(model, layers, token_shift=args.token_shift)
-        texts = _texts(args.texts)
+        from futurelens_tl.data import token_windows
+
+        # tokenised before the clock starts (every rank cuts the same windows)
+        windows = token_windows(model, _texts(args.texts), length=args.seq_len)
         t0 = time.perf_counter()
         with D.StopOnSignal() as stop:
             result = lens.train_on(
-                texts, tokens=args.tokens, batch_size=args.batch_size,
+                windows, tokens=args.tokens, batch_size=args.batch_size,
                 seq_len=args.seq_len, lr=args.lr, momentum=args.momentum,
                 weight_decay=args.weight_decay, optimizer=args.optimizer,
                 grad_clip=args.grad_clip, checkpoint=args.checkpoint,
@@ -155,6 +158,7 @@ def train_lens_main(argv: Sequence[str] | None = None, *, prog: str | None = Non
                   f"{result.steps_done}/{lens.meta['hyperparameters']['steps']}; {where}.",
                   file=sys.stderr, flush=True)
             return 1
+        lens.meta["data"]["source"] = args.texts
         hp = lens.meta["hyperparameters"]
         ran = result.steps_done - (result.resumed_from or 0)
         summary = {
