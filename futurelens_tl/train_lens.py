@@ -101,7 +101,8 @@ def _load_model(args: argparse.Namespace, ctx: Any, device: str) -> Any:
     from futurelens_tl.model import load_model
 
     def load() -> Any:
-        return load_model(args.model, backend=args.backend, device=device, dtype=args.dtype)
+        return load_model(args.model, backend=args.backend, device=device, dtype=args.dtype,
+                          verbose=not args.quiet)
 
     if not ctx.is_distributed:
         return load()

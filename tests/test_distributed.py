@@ -119,6 +119,20 @@ def test_checkpoint_holds_no_per_rank_state(tmp_path):
     assert res.resumed_from == 2 and _max_diff(resumed, ref) == 0.0
 
 
+def test_only_rank_0_writes_checkpoints(tmp_path):
+    from futurelens_tl.lenses.trainer import EpochCheckpoint
+
+    other = D.DistContext(rank=1, world_size=2)
+    EpochCheckpoint(tmp_path / "e1.pt", {"a": 1}, dist=other).save(1, x=torch.ones(1))
+    lin = torch.nn.Linear(2, 1)
+    Trainer(lin, TrainerConfig(steps=1, checkpoint_path=str(tmp_path / "s1.pt")),
+            dist=other).save()
+    assert not list(tmp_path.iterdir())
+    EpochCheckpoint(tmp_path / "e0.pt", {"a": 1}).save(1, x=torch.ones(1))
+    Trainer(lin, TrainerConfig(steps=1, checkpoint_path=str(tmp_path / "s0.pt"))).save()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e0.pt", "s0.pt"]
+
+
 def test_stop_request_checkpoints_the_step_and_resumes_exactly(tmp_path):
     model = native_bridge(n_layers=1, d_model=16, n_heads=2, d_vocab=23, seed=1)
     windows = torch.randint(1, 23, (8, 8), generator=torch.Generator().manual_seed(0))

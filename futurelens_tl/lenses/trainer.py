@@ -379,6 +379,7 @@ class EpochCheckpoint:
             is refused.
         resume: Load ``path`` if it exists.
         stop_after: Stop after this many completed epochs (time-boxed jobs); ``None`` = never.
+        dist: The job (default: the current ``torch.distributed`` group); only rank 0 writes.
 
     Attributes:
         state: The loaded checkpoint (``None`` when starting fresh).
@@ -386,12 +387,14 @@ class EpochCheckpoint:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, settings: dict[str, Any],
-                 resume: bool = True, stop_after: int | None = None):
+                 resume: bool = True, stop_after: int | None = None,
+                 dist: DistContext | None = None):
         if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
             raise ValueError(f"stop_after={stop_after!r} must be None or an int >= 0")
         self.path = None if path is None else os.fspath(path)
         self.settings = settings
         self.stop_after = stop_after
+        self.dist = context() if dist is None else dist
         self.state: dict[str, Any] | None = None
         self.finished = True
         if self.path and resume and os.path.exists(self.path):
@@ -416,6 +419,6 @@ class EpochCheckpoint:
             yield epoch
 
     def save(self, epoch: int, **state: Any) -> None:
-        """Atomically write the state after ``epoch`` completed epochs."""
-        if self.path:
+        """Atomically write the state after ``epoch`` completed epochs (rank 0 only)."""
+        if self.path and self.dist.is_main:
             save_checkpoint(self.path, {"settings": self.settings, "epoch": int(epoch), **state})
