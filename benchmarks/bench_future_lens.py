@@ -151,7 +151,8 @@ def main(quick: bool = False) -> list[dict]:
     ns = (0, 1, 2, 3)
     t0 = time.perf_counter()
     ev = FutureLens.evaluate_many([lens], model, data=sub, split=None, n_ahead=ns,
-                                  modes=("teacher_forced",), baseline=False, verbose=False)
+                                  modes=("teacher_forced",), baseline=False, controls=(),
+                                  n_boot=0, verbose=False)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = official_style_eval(lens, model, sub, torch.arange(len(sub)), ns)

@@ -302,6 +302,7 @@ def _stage_future(rep: _Report, state: dict[str, Any]) -> None:
                           contexts_per_window=4, layers=layers, seed=state["seed"] + 1,
                           splits=(0.0, 0.0, 1.0), batch_size=64, verbose=rep.cfg.verbose)
     test.bigram_tokens = data.bigram_tokens  # bigram counted on the training corpus
+    test.train_seqs = data.train_seqs  # n-gram baselines: the training documents
     cache = _cache_root() / "report" / view.fingerprint
     tag = f"{n_docs}_{'-'.join(map(str, layers))}_{state['seed']}"
     lp = _cached(

@@ -36,7 +36,7 @@ from torch import Tensor
 from futurelens_tl.data import FORWARD_COUNTER, progress, token_windows
 from futurelens_tl.model import ModelView, as_view
 
-__all__ = ["FutureLensData", "build_features", "LABEL_SOURCES", "SPLITS"]
+__all__ = ["FutureLensData", "LABEL_SOURCES", "SPLITS", "build_features", "doc_windows"]
 
 LABEL_SOURCES = ("model_greedy", "corpus")
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -60,7 +60,14 @@ class FutureLensData:
         basis: Residual basis of that model.
         n_forward: Feature forward passes (one per batch, all layers at once).
         label_passes: Extra logits-only passes spent generating greedy labels.
-        bigram_tokens: ``[m, W]`` training-split token windows (for the bigram baseline).
+        bigram_tokens: ``[m, W]`` training-split token windows (legacy bigram input).
+        doc: ``[n]`` document id of each context (splits and bootstrap intervals are grouped
+            by it: no document contributes to two splits).
+        corpus_labels: ``[n, n_max + 1]`` the text's own tokens ``x_{T+1..T+1+n_max}`` (equal
+            to ``labels`` when ``label_source="corpus"``); the greedy-correct filter compares
+            them with the greedy labels.
+        train_seqs: Token sequences of the training documents (valid tokens only), on which
+            the n-gram baselines are counted.
         meta: Timings and settings.
     """
 
@@ -78,7 +85,14 @@ class FutureLensData:
     n_forward: int = 0
     label_passes: int = 0
     bigram_tokens: Tensor | None = None
+    doc: Tensor | None = None
+    corpus_labels: Tensor | None = None
+    train_seqs: list[list[int]] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.doc is None:  # legacy construction: every context its own document
+            self.doc = torch.arange(len(self))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -113,8 +127,23 @@ class FutureLensData:
             layers=list(self.layers), n_max=self.n_max, label_source=self.label_source,
             fingerprint=self.fingerprint, basis=self.basis, n_forward=self.n_forward,
             label_passes=self.label_passes, bigram_tokens=self.bigram_tokens,
-            meta=dict(self.meta),
+            doc=self.doc[idx],
+            corpus_labels=None if self.corpus_labels is None else self.corpus_labels[idx],
+            train_seqs=self.train_seqs, meta=dict(self.meta),
         )
+
+    def greedy_correct(self, upto: int = 0) -> Tensor:
+        """Mask of contexts where the model's greedy continuation matches the text.
+
+        The paper's selection filter (reference §3: "examples were kept only where the model
+        gets the next token right"): ``labels[:, :upto+1] == corpus_labels[:, :upto+1]``.
+        ``upto=0`` checks the next token only; ``upto=N`` every token through ``y_N``.
+        """
+        if self.corpus_labels is None:
+            raise ValueError("these features hold no corpus tokens; rebuild them with "
+                             "build_features to use the greedy-correct filter.")
+        u = int(upto) + 1
+        return (self.labels[:, :u] == self.corpus_labels[:, :u]).all(-1)
 
     def check_n(self, n_ahead: int, *, arg: str = "n_ahead") -> int:
         """Validate one lookahead against what the data supports."""
@@ -161,24 +190,60 @@ class FutureLensData:
             "mean_prefix_len": float(self.source_pos.float().mean()) if len(self) else 0.0,
             "n_forward": self.n_forward,
             "label_passes": self.label_passes,
+            "n_docs": int(self.doc.unique().numel()),
+            "n_docs_train": int(self.doc[self.split == 0].unique().numel()),
+            "n_docs_test": int(self.doc[self.split == 2].unique().numel()),
             **{k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))},
         }
 
 
-def _split_ids(n: int, fractions: Sequence[float], seed: int) -> Tensor:
+def _split_ids(groups: Tensor, fractions: Sequence[float], seed: int) -> Tensor:
+    """Train / val / test per example, assigned **per group** (document): no leakage."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(
             f"splits={tuple(fractions)} must be three non-negative fractions (train, val, test)."
         )
+    uniq, inv = torch.unique(groups, return_inverse=True)
+    n = len(uniq)
     tot = float(sum(fractions))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
     n_train = int(round(n * fractions[0] / tot))
     n_val = int(round(n * fractions[1] / tot))
-    split = torch.full((n,), 2, dtype=torch.int8)
-    split[perm[:n_train]] = 0
-    split[perm[n_train : n_train + n_val]] = 1
-    return split
+    per_group = torch.full((n,), 2, dtype=torch.int8)
+    per_group[perm[:n_train]] = 0
+    per_group[perm[n_train : n_train + n_val]] = 1
+    return per_group[inv]
+
+
+def doc_windows(
+    view: ModelView, texts: str | Sequence[str], width: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-document windows ``[BOS] + chunk``: no window crosses a document boundary.
+
+    Each document is tokenised without BOS and cut into chunks of ``width - 1`` tokens; the
+    last, shorter chunk is kept and right-padded (its valid length is returned).
+
+    Returns:
+        ``(windows [n, width], valid_len [n], doc [n])``.
+    """
+    from futurelens_tl.data import load_texts
+
+    tok = view.tokenizer
+    if tok is None:
+        raise ValueError("the model has no tokenizer; pass token ids instead of texts")
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    rows, lens, docs = [], [], []
+    for d, text in enumerate(load_texts(texts)):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), width - 1):
+            chunk = [bos] + ids[s : s + width - 1]
+            lens.append(len(chunk))
+            rows.append(chunk + [bos] * (width - len(chunk)))
+            docs.append(d)
+    if not rows:
+        raise ValueError("the corpus tokenises to nothing; give non-empty documents.")
+    return torch.tensor(rows), torch.tensor(lens), torch.tensor(docs)
 
 
 def _run_feature_pass(
@@ -204,6 +269,7 @@ def build_features(
     contexts_per_window: int = 1,
     min_prefix: int = 1,
     positions: Sequence[tuple[int, int]] | None = None,
+    docs: Sequence[int] | Tensor | None = None,
     max_contexts: int | None = None,
     splits: Sequence[float] = (0.8, 0.1, 0.1),
     batch_size: int = 16,
@@ -214,8 +280,9 @@ def build_features(
     """Cut contexts from a corpus and cache Future Lens features from one pass per batch.
 
     Reference ``future-lens.md`` §3 and §7. Contexts are prefixes ``BOS, x_1..x_T`` of token
-    windows with ``T`` drawn uniformly (``seed``) from ``min_prefix .. W - 2 - n_max`` so that
-    the corpus continuation of length ``n_max + 1`` exists.
+    windows with ``T`` drawn uniformly (``seed``) from ``min_prefix .. W - 2 - n_max`` (``W``
+    the window's valid length) so that the corpus continuation of length ``n_max + 1`` exists.
+    Texts are windowed per document, never across documents.
 
     Args:
         model: The (frozen) TransformerLens model.
@@ -228,8 +295,12 @@ def build_features(
         contexts_per_window: Distinct source positions drawn per window.
         min_prefix: Smallest ``T`` (number of real tokens in the prefix).
         positions: Explicit ``(window_index, T)`` sources instead of random ones.
+        docs: Document id of each row when ``texts`` is a window tensor (default: every
+            window its own document). Text input is windowed per document
+            (:func:`doc_windows`), so ids are exact.
         max_contexts: Keep at most this many contexts.
-        splits: Train / validation / test fractions.
+        splits: Train / validation / test fractions **of documents** (a document's contexts
+            all land in one split, so no test context shares text with a training one).
         batch_size: Contexts per forward pass.
         seed: Seed for the source positions and the split.
         device: Where the cache lives.
@@ -272,7 +343,16 @@ def build_features(
         )
     if window is not None and window > view.n_ctx:
         raise ValueError(f"window={window} exceeds the model's context n_ctx={view.n_ctx}.")
-    windows = token_windows(view, texts, length=window).cpu()
+    if isinstance(texts, Tensor):
+        windows = token_windows(view, texts).cpu()
+        valid = torch.full((windows.shape[0],), windows.shape[1])
+        win_doc = (torch.arange(windows.shape[0]) if docs is None
+                   else torch.as_tensor(docs, dtype=torch.long).reshape(-1))
+        if win_doc.shape[0] != windows.shape[0]:
+            raise ValueError(f"docs has {win_doc.shape[0]} ids for {windows.shape[0]} windows.")
+    else:
+        width0 = min(view.n_ctx, 128) if window is None else int(window)
+        windows, valid, win_doc = doc_windows(view, texts, width0)
     n_win, width = windows.shape
     t_max = width - 2 - n_max
     if t_max < min_prefix:
@@ -284,8 +364,10 @@ def build_features(
     g = torch.Generator().manual_seed(seed)
     if positions is None:
         pairs: list[tuple[int, int]] = []
-        span = t_max - min_prefix + 1
         for w in range(n_win):
+            span = int(valid[w]) - 2 - n_max - min_prefix + 1
+            if span < 1:  # a document tail too short for one context
+                continue
             k = min(contexts_per_window, span)
             ts = (torch.randperm(span, generator=g)[:k] + min_prefix).tolist()
             pairs.extend((w, int(t)) for t in sorted(ts))
@@ -294,10 +376,10 @@ def build_features(
         for w, t in pairs:
             if not 0 <= w < n_win:
                 raise ValueError(f"positions: window index {w} is outside 0..{n_win - 1}.")
-            if not min_prefix <= t <= t_max:
+            if not min_prefix <= t <= int(valid[w]) - 2 - n_max:
                 raise ValueError(
-                    f"positions: T={t} must lie in {min_prefix}..{t_max} for windows of {width} "
-                    f"tokens and n_max={n_max}."
+                    f"positions: T={t} must lie in {min_prefix}..{int(valid[w]) - 2 - n_max} "
+                    f"for window {w} ({int(valid[w])} valid tokens) and n_max={n_max}."
                 )
     if max_contexts is not None:
         pairs = pairs[: int(max_contexts)]
@@ -310,6 +392,7 @@ def build_features(
     pad_id = int(windows[0, 0])  # an existing id (BOS); only ever placed after real tokens
     tokens = torch.full((n, seq_len), pad_id, dtype=torch.long)
     labels = torch.empty((n, n_max + 1), dtype=torch.long)
+    corpus_labels = torch.stack([windows[w, t + 1 : t + 2 + n_max] for w, t in pairs])
     sources_chunks: list[Tensor] = []
     target_chunks: list[Tensor] = []
     layer_idx = view.layer_indices(layers)
@@ -354,8 +437,12 @@ def build_features(
         pos = t_dev[:, None] + ar.to(logits.device)[None]
         target_chunks.append(acts[-1][dev_rows[:, None], pos].to(device, torch.float32))
         tokens[sl] = buf
-    split = _split_ids(n, splits, seed)
+    ctx_doc = win_doc[win_idx]
+    split = _split_ids(ctx_doc, splits, seed)
     train_windows = torch.unique(win_idx[split == 0])
+    train_docs = set(ctx_doc[split == 0].tolist())
+    train_seqs = [windows[w, : int(valid[w])].tolist() for w in range(n_win)
+                  if int(win_doc[w]) in train_docs]
     return FutureLensData(
         tokens=tokens,
         source_pos=src,
@@ -370,6 +457,9 @@ def build_features(
         basis=view.basis,
         n_forward=FORWARD_COUNTER.passes - before,
         label_passes=label_passes,
-        bigram_tokens=windows[train_windows] if len(train_windows) else windows,
-        meta={"extract_s": t_feat, "label_s": t_label, "window": width, "seed": seed},
+        bigram_tokens=windows[train_windows] if len(train_windows) else None,
+        doc=ctx_doc, corpus_labels=corpus_labels, train_seqs=train_seqs,
+        meta={"extract_s": t_feat, "label_s": t_label, "window": width, "seed": seed,
+              "grouping": "document" if not isinstance(texts, Tensor) or docs is not None
+              else "window"},
     )
