@@ -12,9 +12,17 @@ Optimiser defaults are the tuned-lens recipe (§B.3): SGD with Nesterov momentum
 linear decay to zero without warm-up, gradient clipping to norm 1.0. ``optimizer="adam"`` gives
 AMSGrad Adam with lr 1e-3 and a linear warm-up of ``min(1000, steps // 5)`` steps.
 
-Scale-out: no global state; ``rank``/``world_size`` are explicit, only rank 0 shows progress and
-writes checkpoints, and :func:`rank_seed` derives per-rank seeds. (DDP wrapping of the module is
-left to the caller.)
+Scale-out (:mod:`futurelens_tl.lenses.distributed`): under ``torchrun`` the trainer runs
+data-parallel. Every rank calls ``step_fn(step)`` on its shard of the step's global batch and
+yields its *local share* of each loss (:meth:`~futurelens_tl.lenses.distributed.DistContext.share`:
+DDP's average over ranks is then the global-batch mean); gradients accumulate locally over the
+groups and are all-reduced once per step by a DDP wrapper of the module
+(:class:`~futurelens_tl.lenses.distributed.GradSync`); loss values are averaged over ranks, so the
+history, the progress bar and the divergence guard agree on every rank. Only rank 0 shows
+progress and writes checkpoints (atomic); a checkpoint holds no per-rank state, so it resumes
+under any world size. A rank whose peer dies raises
+:class:`~futurelens_tl.lenses.distributed.DistributedTrainingError`; rank 0 first saves the last
+completed step.
 """
 
 from __future__ import annotations
@@ -30,6 +38,16 @@ from torch import Tensor
 
 from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
+from futurelens_tl.lenses.distributed import (
+    DistContext,
+    DistributedTrainingError,
+    GradSync,
+    all_reduce_mean,
+    broadcast_object,
+    context,
+    guard_collective,
+    rank_seed,
+)
 
 __all__ = ["EpochCheckpoint", "TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError",
            "check_identity", "data_digest", "rank_seed"]
@@ -101,11 +119,6 @@ class TrainingDivergedError(FloatingPointError):
     """A loss or gradient became NaN/inf; the message names the step and the group (layer)."""
 
 
-def rank_seed(seed: int, rank: int = 0) -> int:
-    """Per-rank seed derived from the run seed (rank 0 keeps ``seed``)."""
-    return int(seed) + 1_000_003 * int(rank)
-
-
 @dataclass
 class TrainerConfig:
     """Optimisation settings (defaults: the tuned-lens SGD recipe, §B.3).
@@ -123,11 +136,13 @@ class TrainerConfig:
         resume: Continue from ``checkpoint_path`` if it exists.
         stop_after: Stop (and checkpoint) after this many completed steps (time-boxed jobs,
             tests of resume); the schedule still targets ``steps``.
-        seed: Seed for anything random the step function asks for via the generator.
-        verbose: Progress bar.
+        seed: Seed for anything random the step function asks for via
+            :attr:`Trainer.generator` (re-seeded every step from ``seed``, the rank and the step,
+            so a resumed run, under any world size, draws what the uninterrupted one drew).
+        verbose: Progress bar (rank 0 only).
         desc: Progress-bar label.
-        rank: This process's rank (data-parallel runs).
-        world_size: Number of processes.
+        rank: Expected rank (``None`` = from the process group; a mismatch is an error).
+        world_size: Expected number of processes (``None`` = from the process group).
         identity: What the run trains on, written into checkpoints and checked on resume
             (:func:`check_identity`): model ``fingerprint``, ``basis``, ``data`` digest
             (:func:`data_digest`) and anything else that fixes the data order (batch size,
@@ -148,8 +163,8 @@ class TrainerConfig:
     seed: int = 0
     verbose: bool = True
     desc: str = "train"
-    rank: int = 0
-    world_size: int = 1
+    rank: int | None = None
+    world_size: int | None = None
     identity: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -167,14 +182,16 @@ class TrainerConfig:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
         if self.stop_after is not None and self.stop_after < 0:
             raise ValueError(f"stop_after={self.stop_after} must be >= 0")
-        if not 0 <= self.rank < self.world_size:
+        if self.world_size is not None and self.world_size < 1:
+            raise ValueError(f"world_size={self.world_size} must be >= 1")
+        if self.rank is not None and not 0 <= self.rank < (self.world_size or self.rank + 1):
             raise ValueError(f"rank={self.rank} must be in 0..world_size-1={self.world_size - 1}")
 
     def schedule_fingerprint(self) -> dict[str, Any]:
-        """Settings a resumed run must share with the interrupted one."""
+        """Settings a resumed run must share with the interrupted one (not the world size)."""
         d = asdict(self)
         for k in ("checkpoint_path", "checkpoint_every", "resume", "stop_after", "verbose",
-                  "desc", "identity"):
+                  "desc", "rank", "world_size", "identity"):
             d.pop(k)
         return d
 
@@ -188,12 +205,15 @@ class TrainResult:
         history: Per step, the mean of each group's loss (``{"step": s, key: loss, ...}``).
         resumed_from: Step the run resumed from (``None`` if it started fresh).
         finished: Whether all ``config.steps`` are done.
+        interrupted: Whether ``should_stop`` (e.g. a SIGTERM from the launcher) ended the run
+            early; the checkpoint then holds the last step.
     """
 
     steps_done: int
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int | None = None
     finished: bool = False
+    interrupted: bool = False
 
 
 class Trainer:
@@ -203,7 +223,10 @@ class Trainer:
         module: The trainable module (its parameters that require grad are optimised).
         config: :class:`TrainerConfig`.
         extra_state: Optional callables ``(get, set)`` for state the caller wants checkpointed
-            alongside (e.g. a data-order permutation); ``get()`` returns tensors/plain data.
+            alongside (e.g. a data-order permutation); ``get()`` returns tensors/plain data
+            (rank 0's is saved and broadcast on resume: it must not differ between ranks).
+        dist: The data-parallel job (default: the current ``torch.distributed`` group, or a
+            world of one).
 
     Examples:
         >>> import torch
@@ -218,7 +241,14 @@ class Trainer:
     """
 
     def __init__(self, module: torch.nn.Module, config: TrainerConfig,
-                 extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None):
+                 extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+                 dist: DistContext | None = None):
+        self.dist = context() if dist is None else dist
+        for key, have in (("rank", self.dist.rank), ("world_size", self.dist.world_size)):
+            want = getattr(config, key)
+            if want is not None and want != have:
+                raise ValueError(f"TrainerConfig.{key}={want} but this process has {key}={have} "
+                                 "(from torch.distributed); leave it None to take the job's")
         self.module = module
         self.config = config
         self.extra_state = extra_state
@@ -244,7 +274,7 @@ class Trainer:
             return max(0.0, 1.0 - s / total)
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.generator = torch.Generator().manual_seed(rank_seed(c.seed, c.rank))
+        self.generator = torch.Generator().manual_seed(rank_seed(c.seed, self.dist.rank))
         self.step = 0
         self.history: list[dict[str, float]] = []
 
@@ -255,7 +285,6 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
-            "generator": self.generator.get_state(),
             "history": self.history,
             "config": self.config.schedule_fingerprint(),
             "identity": self.config.identity,
@@ -270,15 +299,42 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
-        self.generator.set_state(state["generator"])
         self.history = list(state["history"])
         if self.extra_state and state.get("extra") is not None:
             self.extra_state[1](state["extra"])
 
     def save(self) -> None:
         """Write a checkpoint now (rank 0 only; atomic)."""
-        if self.config.checkpoint_path and self.config.rank == 0:
+        if self.config.checkpoint_path and self.dist.is_main:
             save_checkpoint(self.config.checkpoint_path, self.state_dict())
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from: read on rank 0, broadcast to every rank."""
+        c = self.config
+        state: dict[str, Any] | None = None
+        error: Exception | None = None
+        if self.dist.is_main and c.checkpoint_path and os.path.exists(c.checkpoint_path):
+            try:
+                state = load_checkpoint(c.checkpoint_path)
+            except Exception as err:  # every rank must learn of it, or the others hang
+                error = err
+        with guard_collective(self.dist, "the resume broadcast"):
+            state, error = broadcast_object((state, error), self.dist)
+        if error is not None:
+            raise error
+        return state
+
+    def _resume_hint(self) -> str:
+        c = self.config
+        if not c.checkpoint_path:
+            return ("No checkpoint was configured (pass checkpoint=...), so the run starts over "
+                    "when relaunched.")
+        if self.dist.is_main:
+            return (f"Rank 0 saved the last completed step ({self.step}) to {c.checkpoint_path!r}"
+                    "; relaunch the same command, with any number of processes, to resume.")
+        return (f"Rank 0 writes checkpoints to {c.checkpoint_path!r} (every {c.checkpoint_every} "
+                "steps, and the last completed step when a peer fails); relaunch the same "
+                "command, with any number of processes, to resume.")
 
     # ------------------------------------------------------------------ loop
     def _diverged(self, msg: str) -> TrainingDivergedError:
@@ -293,25 +349,57 @@ class Trainer:
             "check the data (empty or repeated windows) and the model dtype (try float32)."
         )
 
-    def run(self, step_fn: Callable[[int], Iterable[tuple[str, Tensor]]]) -> TrainResult:
-        """Run (or resume) training until ``config.steps`` (or ``stop_after``)."""
+    def run(self, step_fn: Callable[[int], Iterable[tuple[str, Tensor]]],
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:
+        """Run (or resume) training until ``config.steps`` (or ``stop_after``).
+
+        Args:
+            step_fn: See the module docstring.
+            should_stop: Polled once per step on every rank (e.g. "a SIGTERM arrived"); when it
+                is true on any rank, every rank finishes the step, rank 0 checkpoints it and the
+                run returns with ``interrupted=True`` (the flag rides on the loss all-reduce:
+                no extra collective).
+        """
         c = self.config
         resumed: int | None = None
-        if c.checkpoint_path and c.resume and os.path.exists(c.checkpoint_path):
-            self.load_state_dict(load_checkpoint(c.checkpoint_path))
-            resumed = self.step
+        if c.checkpoint_path and c.resume:
+            state = self._resume_state()
+            if state is not None:
+                self.load_state_dict(state)
+                resumed = self.step
+        with guard_collective(self.dist, "the DDP set-up (parameter broadcast)"):
+            sync = GradSync(self.module, self.dist)
         end = c.steps if c.stop_after is None else min(c.steps, c.stop_after)
-        bar = progress(range(self.step, end), verbose=c.verbose and c.rank == 0, desc=c.desc,
-                       total=end - self.step)
+        bar = progress(range(self.step, end), verbose=c.verbose and self.dist.is_main,
+                       desc=c.desc, total=end - self.step)
         for _ in bar:
             self.optimizer.zero_grad(set_to_none=True)
-            losses: dict[str, float] = {}
+            self.generator.manual_seed(rank_seed(c.seed, self.dist.rank) * 1_000_033 + self.step)
+            keys: list[str] = []
+            values: list[Tensor] = []
             for key, loss in step_fn(self.step):
-                value = float(loss.detach())
+                # local shares: back-propagated at once (one group's graph alive at a time),
+                # checked after the rank average so every rank takes the same branch
+                loss.backward()
+                keys.append(key)
+                values.append(loss.detach().float().reshape(()))
+            if should_stop is not None:
+                device = values[0].device if values else torch.device("cpu")
+                values.append(torch.tensor(float(bool(should_stop())), device=device))
+            try:
+                with guard_collective(self.dist, f"the gradient all-reduce of step "
+                                      f"{self.step + 1}"):
+                    sync()
+                    mean = all_reduce_mean(torch.stack(values), self.dist) if values else None
+            except DistributedTrainingError as err:
+                self.save()  # rank 0: parameters are still those after the last full step
+                raise DistributedTrainingError(f"{err} {self._resume_hint()}") from err.__cause__
+            reduced = [] if mean is None else mean.tolist()
+            stop_now = should_stop is not None and reduced.pop() > 0
+            losses: dict[str, float] = dict(zip(keys, reduced))
+            for key, value in losses.items():
                 if not math.isfinite(value):
                     raise self._diverged(f"loss for {key!r} is {value}")
-                loss.backward()
-                losses[key] = value
             for p in self.params:
                 if p.grad is not None and not torch.isfinite(p.grad).all():
                     raise self._diverged(f"gradient of parameter {self.names[id(p)]!r} is not "
@@ -326,6 +414,10 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(losses.values()) / len(losses):.4f}")
             if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                 self.save()
+            if stop_now:
+                self.save()
+                return TrainResult(self.step, self.history, resumed, self.step >= c.steps,
+                                   interrupted=self.step < end)
         if c.checkpoint_path and (self.step == end):
             self.save()
         return TrainResult(self.step, self.history, resumed, self.step >= c.steps)
@@ -346,6 +438,7 @@ class EpochCheckpoint:
             is refused.
         resume: Load ``path`` if it exists.
         stop_after: Stop after this many completed epochs (time-boxed jobs); ``None`` = never.
+        dist: The job (default: the current ``torch.distributed`` group); only rank 0 writes.
 
     Attributes:
         state: The loaded checkpoint (``None`` when starting fresh).
@@ -353,12 +446,14 @@ class EpochCheckpoint:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None, settings: dict[str, Any],
-                 resume: bool = True, stop_after: int | None = None):
+                 resume: bool = True, stop_after: int | None = None,
+                 dist: DistContext | None = None):
         if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
             raise ValueError(f"stop_after={stop_after!r} must be None or an int >= 0")
         self.path = None if path is None else os.fspath(path)
         self.settings = settings
         self.stop_after = stop_after
+        self.dist = context() if dist is None else dist
         self.state: dict[str, Any] | None = None
         self.finished = True
         if self.path and resume and os.path.exists(self.path):
@@ -383,6 +478,6 @@ class EpochCheckpoint:
             yield epoch
 
     def save(self, epoch: int, **state: Any) -> None:
-        """Atomically write the state after ``epoch`` completed epochs."""
-        if self.path:
+        """Atomically write the state after ``epoch`` completed epochs (rank 0 only)."""
+        if self.path and self.dist.is_main:
             save_checkpoint(self.path, {"settings": self.settings, "epoch": int(epoch), **state})

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ from futurelens_tl.lenses.base import (
     check_finite_params,
     model_fingerprint,
 )
+from futurelens_tl.lenses.distributed import DistContext, context
 from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult, data_digest
 from futurelens_tl.model import LayerLike, as_view, tl_version
 
@@ -102,9 +103,11 @@ class TunedLens(Lens):
         self.n_ahead = token_shift
         n = view.n_layers + (1 if token_shift >= 1 else 0)
         d = view.d_model
+        # on the unembedding's device: the last one when the model is sharded over devices;
         # skip_init: no Kaiming draw that is zeroed right after (1.4 s for SmolLM2's 31 layers)
+        device = view.W_U.device
         self.translators = torch.nn.ModuleList(
-            [torch.nn.utils.skip_init(torch.nn.Linear, d, d, bias=True, device=view.device,
+            [torch.nn.utils.skip_init(torch.nn.Linear, d, d, bias=True, device=device,
                                       dtype=torch.float32)
              for _ in range(n)]
         )
@@ -129,7 +132,7 @@ class TunedLens(Lens):
         if not self.has_translator(layer):
             return resid
         t = self.translators[layer + 1]
-        x = resid.to(t.weight.dtype)
+        x = resid.to(device=t.weight.device, dtype=t.weight.dtype)
         return (x + F.linear(x, t.weight, t.bias)).to(resid.dtype)
 
     def trained_layers(self) -> list[int]:
@@ -172,8 +175,15 @@ class TunedLens(Lens):
         stop_after: int | None = None,
         seed: int = 0,
         verbose: bool = True,
+        dist: DistContext | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> TrainResult:
         """Train the translators in place to minimise ``KL(final || lens)`` (§B.2, §B.3).
+
+        Data-parallel under ``torchrun`` (see :mod:`futurelens_tl.lenses.distributed` and
+        ``docs/howto/distributed.md``): ``batch_size`` is the *global* batch; each rank runs the
+        model on its contiguous shard of the step's windows, DDP averages the gradients, and the
+        lens equals (to float rounding) the one a single process trains with the same arguments.
 
         Args:
             texts: Training corpus (string, list of strings, file, or ``[n, pos]`` windows).
@@ -191,8 +201,12 @@ class TunedLens(Lens):
             checkpoint_every: Steps between checkpoints.
             resume: Resume from ``checkpoint`` if it exists.
             stop_after: Stop after this many steps (the schedule still targets all steps).
-            seed: Data-order seed.
-            verbose: Progress bar.
+            seed: Data-order seed (the same on every rank: it fixes the global batches).
+            verbose: Progress bar (rank 0 only).
+            dist: The data-parallel job (default: the current ``torch.distributed`` process
+                group, a world of one when none is initialised).
+            should_stop: Polled every step (e.g. "SIGTERM received"); when true on any rank the
+                run checkpoints the step and returns early (``result.interrupted``).
 
         Returns:
             The :class:`~futurelens_tl.lenses.trainer.TrainResult` (also on
@@ -205,8 +219,11 @@ class TunedLens(Lens):
                 ``checkpoint`` belongs to another model or other data.
             NonFiniteError: The lens's translators already hold NaN/inf.
             TrainingDivergedError: Loss or gradients became non-finite.
+            DistributedTrainingError: Another rank died or timed out (the message says where
+                the resumable checkpoint is).
         """
         view = self.view
+        dist = context() if dist is None else dist
         self.check_model(view)
         check_finite_params(self, f"lens {self.name!r}")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
@@ -240,8 +257,18 @@ class TunedLens(Lens):
         for i, t in enumerate(self.translators):
             t.requires_grad_((i - 1) in layers)
 
+        if batch_size < dist.world_size:
+            raise ValueError(f"batch_size={batch_size} (the global batch) is smaller than "
+                             f"world_size={dist.world_size}: every rank needs at least one "
+                             "window per step")
+
         def step_fn(step: int) -> Iterator[tuple[str, Tensor]]:
-            batch = windows[batch_indices(n_windows, batch_size, step, seed)].to(view.device)
+            # the global batch is the same on every rank; this rank takes its contiguous shard
+            # and yields its share of the global mean (DDP averages over ranks)
+            lo, hi = dist.bounds(batch_size)
+            idx = batch_indices(n_windows, batch_size, step, seed)[lo:hi]
+            share = dist.share(hi - lo, batch_size)
+            batch = windows[idx].to(view.device)
             with torch.no_grad():
                 logits, resid = view.residuals(batch, layers)
                 _data.FORWARD_COUNTER.passes += 1
@@ -255,11 +282,11 @@ class TunedLens(Lens):
                 # KL(p || softmax z) = sum p log p - sum p z + logsumexp z  (sum p = 1): no
                 # [rows, vocab] log-softmax is materialised for the backward pass
                 kl = (neg_entropy - (p_tgt * z).sum(-1) + torch.logsumexp(z, dim=-1)).mean()
-                yield f"layer {layer}", kl
+                yield f"layer {layer}", kl if share == 1.0 else kl * share
 
-        trainer = Trainer(self, cfg)
+        trainer = Trainer(self, cfg, dist=dist)
         t0 = time.perf_counter()
-        result = trainer.run(step_fn)
+        result = trainer.run(step_fn, should_stop)
         self.train_result = result
         self.meta = {
             "hyperparameters": {
@@ -272,6 +299,7 @@ class TunedLens(Lens):
                 "n_windows": int(n_windows), "window_tokens": int(windows.numel()),
                 "digest": identity["data"],
                 "tokens_seen": int(result.steps_done * batch_size * T),
+                "world_size": dist.world_size,
                 "source": "tensor" if isinstance(texts, Tensor) else
                 (texts if isinstance(texts, str) and len(texts) < 200 else "texts"),
             },

@@ -357,7 +357,10 @@ class ModelView(WeightSurface):
         idx = self.layer_indices(layers)
         names = [self.resid_hook(layer) for layer in idx]
         logits, cache = self.run_with_cache(tokens, names, **kwargs)
-        return logits, torch.stack([cache[n] for n in names])
+        # a model split over devices caches each block's residual on its device: gather them
+        # where the readout (W_U) lives, as the lenses do (no-op on one device)
+        dev = self.W_U.device
+        return logits, torch.stack([cache[n].to(dev) for n in names])
 
     @contextlib.contextmanager
     def isolated_hooks(self) -> Iterator[None]:
