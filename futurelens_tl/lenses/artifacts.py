@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from futurelens_tl._io import atomic_write  # the one atomic-write helper (re-exported)
 from futurelens_tl.lenses.base import LensMismatchError
 from futurelens_tl.model import ModelView, as_view, tl_version
 
@@ -41,26 +40,6 @@ HEADER_KEY = "futurelens"
 
 class ArtifactError(ValueError):
     """An artifact or checkpoint file is missing, truncated, corrupt or of another format."""
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` (same directory).
-
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_artifact(

@@ -33,7 +33,6 @@ layers and methods) and are reused across methods and epochs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -47,6 +46,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from futurelens_tl._io import sha256_hex
 from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_artifact, save_artifact
 from futurelens_tl.lenses.base import Lens, LensMismatchError
@@ -715,13 +715,13 @@ class FutureLens(Lens):
 
     def _fit_settings(self, data: FutureLensData) -> dict[str, Any]:
         """What a fit depends on: a checkpoint written under other settings is refused."""
-        digest = hashlib.sha256()
-        for t in (data.tokens, data.labels, data.source_pos, data.split):
-            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest = sha256_hex(*(t.detach().cpu().contiguous().numpy().tobytes()
+                              for t in (data.tokens, data.labels, data.source_pos, data.split)),
+                            length=16)
         return {
             "method": self.method, "layers": list(self.layers),
             "n_aheads": list(self.n_aheads), "fingerprint": self.view.fingerprint,
-            "basis": self.view.basis, "data": digest.hexdigest()[:16],
+            "basis": self.view.basis, "data": digest,
             "config": json.loads(json.dumps(asdict(self.config), default=str)),
         }
 

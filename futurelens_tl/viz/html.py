@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -514,15 +513,6 @@ def save_html(html_text: str, path: str | os.PathLike[str], *, check_offline: bo
     """
     if check_offline:
         assert_offline(html_text)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html_text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from futurelens_tl._io import write_text
+
+    return write_text(path, html_text)
