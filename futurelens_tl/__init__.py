@@ -20,10 +20,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from futurelens_tl import progress as _progress  # noqa: F401  (first: quiets tqdm's IProgress warning)
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "load_model": "futurelens_tl.model",
+    "set_quiet": "futurelens_tl.progress",
     "ModelView": "futurelens_tl.model",
     "as_view": "futurelens_tl.model",
     "toy_model": "futurelens_tl.toy",

@@ -35,6 +35,7 @@ __all__ = [
     "TEMP_SUFFIX",
     "atomic_write",
     "clean_stale_temps",
+    "dir_mode",
     "file_mode",
     "sha256_hex",
     "write_bytes",
@@ -50,6 +51,13 @@ STALE_TEMP_SECONDS = 3600.0
 _UMASK_LOCK = threading.Lock()
 
 
+def _umask() -> int:
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def file_mode() -> int:
     """The mode a new regular file gets under the current umask (``0o666 & ~umask``).
 
@@ -57,10 +65,17 @@ def file_mode() -> int:
         >>> file_mode() & 0o600 == 0o600
         True
     """
-    with _UMASK_LOCK:  # os.umask can only be read by setting it
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new folder gets under the current umask (``0o777 & ~umask``).
+
+    Examples:
+        >>> dir_mode() & 0o700 == 0o700
+        True
+    """
+    return 0o777 & ~_umask()
 
 
 def _fsync_dir(directory: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,10 @@ from typing import Any
 __all__ = ["hf_progress", "is_quiet", "progress", "set_quiet", "show_progress"]
 
 _QUIET = False
+
+# tqdm.auto (imported by transformers / TransformerLens) warns in every notebook without
+# ipywidgets; the bars fall back to text, so the warning is noise.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 
 def set_quiet(quiet: bool = True) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from futurelens_tl._io import atomic_write, sha256_hex, write_text
+from futurelens_tl._io import atomic_write, dir_mode, sha256_hex, write_text
 from futurelens_tl.progress import progress
 
 __all__ = ["STAGES", "ReportConfig", "ReportResult", "ReportUsageError", "build_report"]
@@ -450,6 +450,7 @@ def build_report(cfg: ReportConfig) -> ReportResult:
     while not anc.exists():
         anc = anc.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=anc))
+    os.chmod(staging, dir_mode())  # mkdtemp makes it 0700; the published folder is normal
     try:
         torch.manual_seed(cfg.seed)
         rep = _Report(cfg, staging)

@@ -224,4 +224,5 @@ def test_report_second_run_reads_features_and_lenses_from_cache(monkeypatch, tmp
     assert table.read_text() == before  # the cached lenses give the same numbers
     for f in second.files + [second.index]:
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
+    assert stat.S_IMODE((tmp_path / "rep").stat().st_mode) == 0o755
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
