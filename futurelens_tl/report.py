@@ -111,7 +111,7 @@ class ReportConfig:
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
         prompts: Prompts for the lens grid (default: three toy prompts / two English ones).
         tuned_tokens: Tuned-lens training tokens (default 131072 toy, 1048576 otherwise).
-        future_examples: Future Lens training documents (default 600 toy, 2000 otherwise).
+        future_examples: Future Lens training documents (default 200 toy, 2000 otherwise).
         future_layers: Future Lens source layers, ``"0,1,2"`` or a list (default: all blocks).
         eval_windows: Evaluation windows of the lens comparison (default 48 toy, 64 otherwise).
         seed: Seed of every random choice.
@@ -412,7 +412,7 @@ class _Report:
 def _budgets(cfg: ReportConfig, is_toy: bool) -> dict[str, Any]:
     return {
         "tuned_tokens": cfg.tuned_tokens or (2**17 if is_toy else 2**20),
-        "future_docs": cfg.future_examples or (600 if is_toy else 2000),
+        "future_docs": cfg.future_examples or (200 if is_toy else 2000),
         "eval_windows": cfg.eval_windows or (48 if is_toy else 64),
     }
 
