@@ -142,7 +142,8 @@ def _flagify(message: str) -> str:
 def _load(args: argparse.Namespace) -> Any:
     from futurelens_tl.model import load_model
 
-    return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                      verbose=not args.quiet)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -192,8 +193,9 @@ def cmd_train_lens(args: argparse.Namespace) -> int:
     if args.texts:
         from futurelens_tl.report import ReportConfig, ReportUsageError
 
-        try:
-            texts = ReportConfig(texts=args.texts)._texts()
+        cfg = ReportConfig(texts=args.texts)
+        try:  # a corpus name: its train split; a file: every document
+            texts = cfg._texts()["train"] if cfg._corpus_name() else cfg._file_docs()
         except ReportUsageError as err:
             raise UsageError(_flagify(str(err))) from None
     import futurelens_tl as fl
@@ -294,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "otherwise)")
     p.add_argument("--stages", default=None, metavar="S,S,...",
                    help="comma-separated subset of: lenses,future,layer0,heads (default: all)")
-    p.add_argument("--texts", default=None, metavar="FILE",
-                   help="training/evaluation corpus: .txt with blank-line separated documents "
-                        "or .jsonl with a 'text' field; last 10%% held out (default: the toy "
-                        "corpus)")
+    p.add_argument("--texts", default=None, metavar="CORPUS_OR_FILE",
+                   help="training/evaluation text: a corpus name ('lee': its train/held-out "
+                        "split) or a .txt with blank-line separated documents or a .jsonl with "
+                        "a 'text' field, last 10%% held out (default: the toy corpus for the "
+                        "toy model, 'lee' otherwise)")
     p.add_argument("--roles", default="all", metavar="ROLES",
                    help="head roles to tag: 'all' or a comma-separated subset")
     p.add_argument("--seed", type=nonnegative_int, default=0,
@@ -310,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
                    help="where the lens goes (load it with fl.TunedLens.load(path, model))")
-    p.add_argument("--texts", default=None, metavar="FILE",
-                   help="training corpus (.txt or .jsonl; default: the toy corpus)")
+    p.add_argument("--texts", default=None, metavar="CORPUS_OR_FILE",
+                   help="training text: a corpus name ('lee': its train split), a .txt or a "
+                        ".jsonl (default: the toy corpus)")
     p.add_argument("--tokens", type=positive_int, default=2**17, metavar="N",
                    help="training token budget")
     p.add_argument("--layers", type=layer_list, default=None, metavar="L,L,...",

@@ -117,8 +117,10 @@ class ReportConfig:
         seed: Seed of every random choice.
         verbose: Progress bars.
         stages: Subset of :data:`STAGES` (default: all).
-        texts: Corpus file (``.txt``, blank-line separated documents, or ``.jsonl`` with a
-            ``text`` field); last 10 % held out. Default: the toy corpus.
+        texts: A corpus name of :func:`fl.corpus <futurelens_tl.corpora.corpus>` (``"lee"``:
+            its train / held-out split by document) or a file (``.txt`` with blank-line
+            separated documents, or ``.jsonl`` with a ``text`` field; last 10 % held out).
+            Default: the toy corpus for the toy model, ``"lee"`` for any other model.
         roles: Head roles to tag: ``"all"`` or names of
             :data:`~futurelens_tl.attention.heads.ROLES` (a list or comma-separated).
         use_cache: Read trained lenses and features from the cache (``False``: retrain and
@@ -180,6 +182,16 @@ class ReportConfig:
         return {"stages": [s for s in STAGES if s in stages], "future_layers": layers,
                 "texts": self._texts(), "roles": roles}
 
+    def _corpus_name(self) -> str | None:
+        """The corpus name ``texts`` refers to (``None``: a file, or the toy corpus)."""
+        from futurelens_tl.corpora import CORPORA
+
+        name = self.texts if self.texts is not None else (None if self.model == "toy"
+                                                          else "lee")
+        if name is not None and name in CORPORA and not Path(name).exists():
+            return name
+        return None
+
     def validate_model(self) -> None:
         """Check ``model``, ``backend``, ``device`` and ``dtype`` (no loading).
 
@@ -229,14 +241,31 @@ class ReportConfig:
                                    f"all or a comma-separated subset of {', '.join(ROLES)}")
         return names
 
-    def _texts(self) -> list[str] | None:
+    def _texts(self) -> dict[str, Any] | None:
+        """``{"train", "test", "id"}`` documents (``None``: the toy corpus)."""
+        name = self._corpus_name()
+        if name is not None:
+            from futurelens_tl.corpora import corpus
+
+            try:
+                train, test = (corpus(name, s, download=False) for s in ("train", "heldout"))
+            except FileNotFoundError as err:
+                raise ReportUsageError(f"texts={name!r}: {err}") from None
+            return {"train": train, "test": test, "id": f"corpus:{name}"}
         if self.texts is None:
             return None
+        docs = self._file_docs()
+        cut = max(1, len(docs) // 10)
+        return {"train": docs[:-cut], "test": docs[-cut:], "id": sha256_hex(docs, length=16)}
+
+    def _file_docs(self) -> list[str]:
+        from futurelens_tl.corpora import CORPORA
+
         p = Path(self.texts).expanduser()
         if not p.exists():
-            raise ReportUsageError(f"texts={self.texts!r}: no such file (give a .txt with "
-                                   "blank-line separated documents or a .jsonl with a 'text' "
-                                   "field)")
+            raise ReportUsageError(f"texts={self.texts!r}: no such file (give a corpus name "
+                                   f"({', '.join(sorted(CORPORA))}), a .txt with blank-line "
+                                   "separated documents or a .jsonl with a 'text' field)")
         if p.is_file() and p.suffix.lower() == ".jsonl":
             docs = []
             with open(p, encoding="utf-8") as f:
@@ -564,14 +593,10 @@ def load_features(path: str | os.PathLike[str], model: Any) -> Any:
 
 # --------------------------------------------------------------------------------- stages
 def _corpus(state: dict[str, Any], split: str, n: int) -> list[str]:
-    """Training or held-out text: ``--texts FILE`` (last 10 % held out), else the toy corpus.
-
-    Any tokenizer can read the toy corpus; use real text for real models.
-    """
+    """Training or held-out documents: ``texts`` (a corpus or a file), else the toy corpus."""
     texts = state["parsed"]["texts"]
     if texts:
-        cut = max(1, len(texts) // 10)
-        return (texts[:-cut] if split == "train" else texts[-cut:])[:n]
+        return texts["train" if split == "train" else "test"][:n]
     from futurelens_tl.toy import toy_texts
 
     return toy_texts(split, n=n, seed=state["seed"])
@@ -584,12 +609,12 @@ def _stage_model(rep: _Report, state: dict[str, Any]) -> None:
     from futurelens_tl.viz.html import dataframe_html
 
     cfg = rep.cfg
-    model = load_model(cfg.model, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype)
+    model = load_model(cfg.model, backend=cfg.backend, device=cfg.device, dtype=cfg.dtype,
+                       verbose=cfg.verbose)
     view = as_view(model)
     texts = state["parsed"]["texts"]
     state.update(model=model, view=view, is_toy=cfg.model == "toy", seed=cfg.seed,
-                 model_name=cfg.model,
-                 corpus_id=sha256_hex(texts, length=16) if texts else "toy-corpus")
+                 model_name=cfg.model, corpus_id=texts["id"] if texts else "toy-corpus")
     state["budgets"] = _budgets(cfg, state["is_toy"])
     desc = view.describe()
     extra = ""
