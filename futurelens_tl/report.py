@@ -320,13 +320,10 @@ class ReportResult:
 
 
 def cache_root() -> Path:
-    """``$FUTURELENS_CACHE`` or the user cache folder of ``futurelens_tl``."""
-    env = os.environ.get("FUTURELENS_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
+    """``$FUTURELENS_CACHE`` or the user cache folder (:func:`futurelens_tl.paths.cache_root`)."""
+    from futurelens_tl.paths import cache_root as root
 
-    return Path(platformdirs.user_cache_dir("futurelens_tl"))
+    return root()
 
 
 _cache_root = cache_root  # old private name
