@@ -260,9 +260,9 @@ class HeadTags:
 
     def save_html(self, path: str) -> None:
         """Write the grid as a standalone offline HTML file (atomic)."""
-        from futurelens_tl._io import write_text
+        from futurelens_tl.viz.html import page, save_html
 
-        write_text(path, "<!doctype html><meta charset='utf-8'>" + self._grid_html())
+        save_html(page("Attention-head roles", self._grid_html()), path)  # report's CSP + style
 
     def save(self, path: str) -> None:
         """Save as safetensors (scores, extras) + JSON header (roles, thresholds, evidence).
