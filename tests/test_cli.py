@@ -226,3 +226,33 @@ def test_report_second_run_reads_features_and_lenses_from_cache(monkeypatch, tmp
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f
     assert stat.S_IMODE((tmp_path / "rep").stat().st_mode) == 0o755
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_report_figures_get_integer_layer_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from futurelens_tl.report import _flat_columns, tidy_figure
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([0, 1, 2, 3], [0.1, 0.2, 0.3, 0.4], label="tuned")
+    a.set_xlabel("layer (-1 = embed)")
+    a.legend()
+    b.plot([-1, 0, 1], [1, 2, 3])
+    b.set_xlabel("layer (-1 = embed)")
+    tidy_figure(fig)
+    fig.canvas.draw()
+    ticks = [t for t in a.get_xticks() if a.get_xlim()[0] <= t <= a.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert a.get_xlabel() == "layer"  # no embed point: no embed label
+    assert b.get_xlabel() == "layer (-1 = embed)"
+    plt.close(fig)
+
+    import pandas as pd
+
+    piv = pd.DataFrame({"layer": [0, 0, 1], "n_ahead": [1, 2, 1], "value": [0.1, 0.2, 0.3]}
+                       ).pivot_table(index="layer", columns="n_ahead", values="value")
+    flat = _flat_columns(piv, prefix="N=")
+    assert list(flat.columns) == ["layer", "N=1", "N=2"]
