@@ -256,3 +256,17 @@ def test_report_figures_get_integer_layer_ticks():
                        ).pivot_table(index="layer", columns="n_ahead", values="value")
     flat = _flat_columns(piv, prefix="N=")
     assert list(flat.columns) == ["layer", "N=1", "N=2"]
+
+
+def test_rotary_model_layer0_section_says_not_available(monkeypatch, tmp_path):
+    from futurelens_tl import report as R
+    from futurelens_tl.attention import layer0
+
+    def rotary(model):
+        raise NotImplementedError("decompose_first_layer supports additive learned positions "
+                                  "only; this model uses positional_embedding_type='rotary'")
+
+    monkeypatch.setattr(layer0, "decompose_first_layer", rotary)
+    res = R.build_report(R.ReportConfig(out=tmp_path / "rep", stages=["layer0"], verbose=False))
+    page = res.index.read_text()
+    assert "Not available for this model" in page and "rotary" in page
