@@ -791,7 +791,7 @@ def _stage_grid(rep: _Report, state: dict[str, Any]) -> None:
     for i, prompt in enumerate(prompts):
         title = f"Prompt {i + 1}: {prompt}"
         cmp = fl.compare(state["model"], prompt, lenses, title=title)
-        parts.append(f"<h3>{_esc(title)}</h3>" + cmp.html())
+        parts.append(cmp.html())  # the grid shows ``title`` as its heading
         cmp.save_png(rep.out / "figures" / f"grid_{i}.png")
         rep.files.append(rep.out / "figures" / f"grid_{i}.png")
         grids.append(cmp.grid)
