@@ -1,10 +1,12 @@
 """Write notebooks/00_quickstart.ipynb and notebooks/05_real_models.ipynb (no outputs).
 
-Execute them afterwards with ``python scripts/execute_notebooks.py 00 05``.
+``python scripts/make_quickstart_notebooks.py 05`` writes only 05. Execute them afterwards
+with ``python scripts/execute_notebooks.py 00 05``.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import nbformat
@@ -14,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def write(name: str, cells: list) -> None:
+    if sys.argv[1:] and not any(name.startswith(a) for a in sys.argv[1:]):
+        return  # only the notebooks named on the command line (name prefixes)
     nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3",
                                                             "display_name": "Python 3"}})
     nbformat.write(nb, ROOT / name)
@@ -76,18 +80,18 @@ write("05_real_models.ipynb", [
     code("train = fl.corpus('lee', 'train')      # split by document: nothing leaks\n"
          "heldout = fl.corpus('lee', 'heldout')\nlen(train), len(heldout)"),
     md("## Lenses side by side\n\nA tuned lens trained briefly on the training stories "
-       "(a few thousand tokens here, to keep the notebook quick on a CPU; "
+       "(2,048 tokens here, to keep the notebook quick on a CPU; "
        "`futurelens-tl train-lens --model smollm2-135m --texts lee --out lens.safetensors` "
        "trains a longer one), compared with the logit lens on one prompt."),
     code("logit = fl.LogitLens(model)\n"
-         "tuned = fl.TunedLens.fit(model, train, tokens=2**13, verbose=False)\n"
+         "tuned = fl.TunedLens.fit(model, train, tokens=2**11, verbose=False)\n"
          "cmp = fl.compare(model, 'The capital of France is Paris, and the capital of Germany "
          "is', [logit, tuned], title='SmolLM2-135M: logit vs tuned lens')\ncmp"),
     md("## Measured on held-out stories\n\nKL(final \u2016 lens) in nats per layer (lower = "
        "closer to the model's output) and precision@1 against the model's own next token, with "
        "the bigram baseline as the control. A tuned lens trained this briefly beats its "
        "control (the logit lens) only where the table says so."),
-    code("ev = fl.evaluate(model, [logit, tuned], heldout, k=(1, 5), max_windows=16, "
+    code("ev = fl.evaluate(model, [logit, tuned], heldout, k=(1, 5), max_windows=8, "
          "baseline_texts=train)\n"
          "ev.pivot('kl').round(3)"),
     code("ev.pivot('precision', k=1).round(3)"),
@@ -99,7 +103,7 @@ write("05_real_models.ipynb", [
          "except NotImplementedError as err:\n    print('not available for this model:', err)"),
     md("## Head roles\n\nPattern scores for a few roles of the attention-heads survey "
        "(Zheng et al. 2024) over all 270 heads, tagged against their thresholds."),
-    code("tags = fl.tag_heads(model, roles=['previous_token', 'induction', 'attention_sink'], "
+    code("tags = fl.tag_heads(model, roles=['previous_token', 'attention_sink'], "
          "verbose=False)\n"
          "df = tags.to_dataframe()\ndf[df.tagged].sort_values('score', ascending=False).head(10)"),
 ])
