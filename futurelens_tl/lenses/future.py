@@ -988,7 +988,8 @@ class FutureLens(Lens):
                 raise ValueError("texts is None: give a corpus or cached features (data=).")
             cfg = lenses[0].config
             data = build_features(
-                model, texts, n_max=max(ns), layers=all_layers, label_source=cfg.label_source,
+                model, texts, n_max=max(ns), layers=all_layers,
+                label_source=feature_kw.pop("label_source", cfg.label_source),
                 window=feature_kw.pop("window", cfg.window), seed=feature_kw.pop("seed", cfg.seed),
                 splits=feature_kw.pop("splits", (0.0, 0.0, 1.0)), verbose=verbose, **feature_kw)
         data.check_model(model)
