@@ -36,8 +36,8 @@ warnings.filterwarnings("ignore", message="IProgress not found")
 def set_quiet(quiet: bool = True) -> None:
     """Switch every progress bar of the package off (``True``) or back on (``False``).
 
-    Also switches the Hugging Face bars (``HF_HUB_DISABLE_PROGRESS_BARS``, transformers'
-    "Loading weights") off when quiet.
+    Also switches transformers' bars ("Loading weights") off when quiet, if transformers is
+    imported; ``fl.load_model(..., verbose=False)`` keeps them off during a load.
 
     Examples:
         >>> set_quiet(True); is_quiet()
@@ -46,8 +46,7 @@ def set_quiet(quiet: bool = True) -> None:
     """
     global _QUIET
     _QUIET = bool(quiet)
-    if _QUIET:
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read by huggingface_hub at import
+    if _QUIET:  # (no HF_HUB_DISABLE_PROGRESS_BARS: loaders that re-enable bars would warn)
         _set_hf_bars(False)
 
 

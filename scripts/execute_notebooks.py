@@ -28,7 +28,6 @@ NEEDS_REAL = {"05_real_models.ipynb"}
 ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "FUTURELENS_NO_PROGRESS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
