@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from futurelens_tl import progress as _progress  # noqa: F401  (first: quiets tqdm's IProgress warning)
+
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
@@ -27,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "known_models": "futurelens_tl.models",
     "ModelView": "futurelens_tl.models",
     "as_view": "futurelens_tl.models",
+    "set_quiet": "futurelens_tl.progress",
     "toy_model": "futurelens_tl.toy",
     "corpus": "futurelens_tl.corpora",
     "Lens": "futurelens_tl.lenses.base",

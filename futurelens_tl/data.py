@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from futurelens_tl.model import LayerLike, ModelView, as_view
+from futurelens_tl.progress import progress  # re-exported: data.progress stays importable
 
 __all__ = [
     "FORWARD_COUNTER",
@@ -51,12 +51,6 @@ class ForwardCounter:
 
 
 FORWARD_COUNTER = ForwardCounter()
-
-
-def progress(iterable: Iterable[Any], *, verbose: bool = True, **kwargs: Any) -> Iterable[Any]:
-    """A tqdm bar, silent when ``verbose=False`` or when stderr is not a terminal (CI logs)."""
-    disable = not verbose or os.environ.get("FUTURELENS_NO_PROGRESS") == "1"
-    return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kwargs)
 
 
 _TEXT_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".csv", ".md", ".arrow", ".parquet")

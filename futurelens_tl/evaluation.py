@@ -209,14 +209,11 @@ class LensEvaluation:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``path`` (CSV table) and ``path + '.json'`` (meta), atomically."""
+        from futurelens_tl._io import atomic_write, write_text
+
         path = os.fspath(path)
-        tmp = path + ".tmp"
-        self.table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        tmpm = path + ".json.tmp"
-        with open(tmpm, "w", encoding="utf-8") as f:
-            json.dump(self.meta, f, indent=2, default=str)
-        os.replace(tmpm, path + ".json")
+        atomic_write(path, lambda tmp: self.table.to_csv(tmp, index=False))
+        write_text(path + ".json", json.dumps(self.meta, indent=2, default=str))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LensEvaluation:

@@ -391,3 +391,48 @@ def test_network_check_catches_a_remote_reference(driver, tmp_path):
     time.sleep(0.3)
     urls = [u for _, u in _requests(driver)]
     assert "http://127.0.0.1:9/x.png" in urls and any(_is_remote(u) for u in urls)
+
+
+@pytest.fixture(scope="module")
+def toy_report(tmp_path_factory):
+    """A real report of the toy model (small budgets; the page is what is tested)."""
+    from futurelens_tl.report import ReportConfig, build_report
+
+    out = tmp_path_factory.mktemp("report") / "rep"
+    return build_report(ReportConfig(out=out, stages=["lenses", "layer0", "heads"],
+                                     tuned_tokens=2048, eval_windows=4, verbose=False,
+                                     roles=["previous_token", "induction"]))
+
+
+@pytest.mark.slow
+def test_report_page_in_headless_chromium_at_1400px(driver, toy_report):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.set_window_size(1400, 1000)
+    driver.get("about:blank")
+    driver.get_log("browser")
+    driver.get_log("performance")
+    driver.get(toy_report.index.as_uri())
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script(
+        "const g = document.querySelectorAll('[data-fl=lens-grid]');"
+        "return g.length > 0 && [...g].every(x => x.hasAttribute('data-fl-ready'))"))
+    errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, f"console errors: {errors}"
+    geometry = driver.execute_script("""
+        const vw = document.documentElement.clientWidth;
+        const grids = [...document.querySelectorAll('[data-fl=lens-grid]')];
+        return {vw: vw, page: document.documentElement.scrollWidth,
+                grids: grids.map(g => {
+                    const r = g.getBoundingClientRect();
+                    const box = g.parentElement.getBoundingClientRect();
+                    return {right: r.right, left: r.left, parent_right: box.right};
+                })};""")
+    assert geometry["page"] <= geometry["vw"], f"the page scrolls sideways: {geometry}"
+    for g in geometry["grids"]:
+        assert g["left"] >= 0 and g["right"] <= geometry["vw"] + 0.5, geometry
+        assert g["right"] <= g["parent_right"] + 0.5, geometry
+    remote = [u for doc, u in _requests(driver) if not _is_browser_ui(doc)
+              and _is_remote(u)]
+    assert not remote, f"network requests made: {remote}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / "report_1400px.png"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,29 @@ def test_no_module_level_hookedtransformer_import():
         r"|import transformer_lens\.HookedTransformer)", re.M)
     for path in (ROOT / "futurelens_tl").rglob("*.py"):
         assert not pattern.search(path.read_text()), path
+
+
+def _python_blocks(text: str) -> list[str]:
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)]
+
+
+@pytest.mark.slow
+def test_readme_python_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's notebook snippet runs on the toy model exactly as printed."""
+    blocks = _python_blocks((ROOT / "README.md").read_text())
+    assert blocks, "README.md has no ```python block"
+    monkeypatch.chdir(tmp_path)  # it writes grid.html
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "grid.html").exists()
+
+
+def test_docs_cite_only_files_that_exist():
+    """Docs pages name repository files (``*.md``, ``*.py``, ``*.ipynb``) that exist."""
+    names = {p.name for p in ROOT.rglob("*") if ".git" not in p.parts}
+    missing = []
+    for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        for ref in re.findall(r"`([\w./-]+\.(?:md|py|ipynb))`", page.read_text()):
+            if Path(ref).name not in names:
+                missing.append(f"{page.relative_to(ROOT)}: {ref}")
+    assert not missing, missing

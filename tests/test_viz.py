@@ -337,7 +337,9 @@ def test_viz_is_a_leaf_package():
     root = pathlib.Path(H.__file__).parent
     for path in root.glob("*.py"):
         src = path.read_text(encoding="utf-8")
-        assert not re.search(r"^\s*(from|import)\s+futurelens_tl(?!\.viz)", src, re.M), path
+        # only the package's leaf utilities (_io: atomic writes) may be imported
+        assert not re.search(r"^\s*(from|import)\s+futurelens_tl(?!\.viz|\._io\b)", src,
+                             re.M), path
         assert not re.search(r"^\s*from\s+\.\.", src, re.M), path
 
 
@@ -423,3 +425,27 @@ def test_single_lens_grid_hides_diff(grid):
     assert "<label hidden>diff " in h
     assert "<label>diff " in lens_grid_html(grid)
     assert h.count('<td data-role="cell"') == len(g["rows"]) * len(g["tokens"])
+
+
+def test_standalone_views_share_the_report_csp_and_style(tmp_path):
+    """Every standalone page (report, lens grid, head grid) carries the same CSP and base CSS."""
+    import torch
+
+    from futurelens_tl.attention.heads import HeadTags
+    from futurelens_tl.viz.report import report_html
+
+    def csp(doc):
+        m = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]+)">', doc)
+        return m and m.group(1)
+
+    report = report_html("r", [("a", "<p>a</p>")])
+    grid_page = lens_grid_html(demo_grid(n_layers=2, n_pos=3, k=2), standalone=True)
+    pages = [report, grid_page]
+    tags = HeadTags(roles=["previous_token"], scores=torch.rand(1, 2, 2),
+                    thresholds={"previous_token": 0.5}, threshold_sources={"previous_token": "t"},
+                    stages={"previous_token": "ICI"}, evidence={"previous_token": {}})
+    tags.save_html(str(tmp_path / "heads.html"))
+    pages.append((tmp_path / "heads.html").read_text())
+    assert csp(report) and all(csp(p) == csp(report) for p in pages)
+    base = H.base_css()[:200]
+    assert all(base in p for p in pages)

@@ -260,15 +260,9 @@ class HeadTags:
 
     def save_html(self, path: str) -> None:
         """Write the grid as a standalone offline HTML file (atomic)."""
-        import os
-        import tempfile
+        from futurelens_tl.viz.html import page, save_html
 
-        html = "<!doctype html><meta charset='utf-8'>" + self._grid_html()
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.replace(tmp, path)
+        save_html(page("Attention-head roles", self._grid_html()), path)  # report's CSP + style
 
     def save(self, path: str) -> None:
         """Save as safetensors (scores, extras) + JSON header (roles, thresholds, evidence).
@@ -276,8 +270,6 @@ class HeadTags:
         The write is atomic (temp file + ``os.replace``); :meth:`load` restores an equal object.
         """
         import json
-        import os
-        import tempfile
 
         from safetensors.torch import save_file
 
@@ -292,15 +284,10 @@ class HeadTags:
             "model_name": self.model_name, "n_forwards": self.n_forwards,
             "seconds": self.seconds,
         }
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"header": json.dumps(header, default=str)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from futurelens_tl._io import atomic_write
+
+        atomic_write(path, lambda tmp: save_file(
+            tensors, tmp, metadata={"header": json.dumps(header, default=str)}))
 
     @classmethod
     def load(cls, path: str) -> HeadTags:

@@ -28,13 +28,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from futurelens_tl._io import atomic_write  # the one atomic-write helper (re-exported)
 from futurelens_tl.lenses.base import LensMismatchError, NonFiniteError, model_fingerprint
 from futurelens_tl.model import ModelView, as_view, tl_version
 
@@ -154,26 +154,6 @@ def load_tensor_file(path: str | os.PathLike[str], what: str = "file") -> Any:
             f"{str(err).splitlines()[0] if str(err) else ''}); it is corrupt, truncated, or a "
             "pickle of other objects (refused: loading is weights_only)."
         ) from None
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then move ``tmp_path`` onto ``path`` (same directory).
-
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_artifact(

@@ -7,7 +7,6 @@ checkpoints (end-of-epoch, exact resume) and divergence checks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -19,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from futurelens_tl.data import progress
+from futurelens_tl._io import sha256_hex
 from futurelens_tl.lenses.future_config import FutureLensConfig, _kl
 from futurelens_tl.lenses.future_data import FutureLensData, build_features
 from futurelens_tl.lenses.trainer import EpochCheckpoint, TrainingDivergedError
 from futurelens_tl.model import as_view
+from futurelens_tl.progress import progress
 
 __all__ = ["FitMixin"]
 
@@ -157,13 +157,13 @@ class FitMixin:
 
     def _fit_settings(self, data: FutureLensData) -> dict[str, Any]:
         """What a fit depends on: a checkpoint written under other settings is refused."""
-        digest = hashlib.sha256()
-        for t in (data.tokens, data.labels, data.source_pos, data.split):
-            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        digest = sha256_hex(*(t.detach().cpu().contiguous().numpy().tobytes()
+                              for t in (data.tokens, data.labels, data.source_pos, data.split)),
+                            length=16)
         return {
             "method": self.method, "layers": list(self.layers),
             "n_aheads": list(self.n_aheads), "fingerprint": self.view.fingerprint,
-            "basis": self.view.basis, "data": digest.hexdigest()[:16],
+            "basis": self.view.basis, "data": digest,
             "config": json.loads(json.dumps(asdict(self.config), default=str)),
         }
 

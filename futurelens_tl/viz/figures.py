@@ -228,18 +228,9 @@ def save_figure(fig: Any, path: Any, *, dpi: int = 150) -> None:
         path: Destination (``.png``, ``.svg``, ``.pdf``).
         dpi: Resolution for raster formats.
     """
-    import os
-    import tempfile
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from futurelens_tl._io import atomic_write
+
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -31,6 +30,7 @@ __all__ = [
     "assert_offline",
     "base_css",
     "dataframe_html",
+    "table_html",
     "escape",
     "figure_html",
     "figure_to_png",
@@ -296,6 +296,77 @@ def visible_token(token: str | None, *, max_len: int | None = 10) -> str:
     return s
 
 
+_TABLE_TEMPLATE = (
+    '<table class="{{ css_class }}">'
+    "{% if caption %}<caption>{{ caption }}</caption>{% endif %}"
+    "{% if header %}<thead><tr>{% for c in header %}<th>{{ c }}</th>{% endfor %}</tr></thead>"
+    "{% endif %}"
+    "<tbody>{% for row_head, cells in rows %}<tr>"
+    "{% if row_head is not none %}<th>{{ row_head }}</th>{% endif %}"
+    "{% for v in cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>"
+    '{% if hidden %}<p class="fl-note">{{ hidden }} more rows not shown.</p>{% endif %}'
+)
+
+
+@cache
+def _table_template() -> Any:
+    import jinja2  # a dependency of torch, so always installed
+
+    env = jinja2.Environment(autoescape=True)
+    return env.from_string(_TABLE_TEMPLATE)
+
+
+def _cell_text(v: Any, float_format: str) -> str:
+    if isinstance(v, float):
+        return float_format.format(v) if math.isfinite(v) else "–"
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            return _cell_text(v.item(), float_format)
+        except (ValueError, TypeError):
+            pass
+    return str(v)
+
+
+def table_html(
+    header: Iterable[Any] | None,
+    rows: Iterable[Iterable[Any]],
+    *,
+    row_headers: Iterable[Any] | None = None,
+    caption: str | None = None,
+    float_format: str = "{:.4g}",
+    css_class: str = "fl-table",
+    hidden: int = 0,
+) -> str:
+    """The one HTML table helper of the package (a jinja2 template, every cell escaped).
+
+    Args:
+        header: Column labels (``None``: no header row).
+        rows: Cell values per row; floats use ``float_format``, non-finite floats show ``–``.
+        row_headers: Optional label per row, rendered as ``<th>``.
+        caption: Optional caption.
+        float_format: Format for float cells.
+        css_class: Class of the ``<table>`` (styled by the bundled CSS).
+        hidden: Number of rows left out (a note says so).
+
+    Returns:
+        ``<table class="fl-table">...``.
+
+    Examples:
+        >>> t = table_html(["a"], [[0.5], ["<b>"]])
+        >>> t.startswith('<table class="fl-table"><thead><tr><th>a</th></tr></thead>')
+        True
+        >>> "<td>0.5</td>" in t and "<td>&lt;b&gt;</td>" in t
+        True
+    """
+    rows = [[_cell_text(v, float_format) for v in r] for r in rows]
+    heads = ([_cell_text(h, float_format) for h in row_headers] if row_headers is not None
+             else [None] * len(rows))
+    return _table_template().render(
+        header=[str(c) for c in header] if header is not None else None,
+        rows=list(zip(heads, rows)), caption=caption, css_class=css_class, hidden=hidden,
+    )
+
+
 def dataframe_html(
     df: Any,
     *,
@@ -303,8 +374,9 @@ def dataframe_html(
     float_format: str = "{:.4g}",
     index: bool = False,
     caption: str | None = None,
+    css_class: str = "fl-table",
 ) -> str:
-    """Render a pandas DataFrame as a plain, escaped HTML table (no external styling).
+    """Render a pandas DataFrame as a plain, escaped HTML table (see :func:`table_html`).
 
     Args:
         df: A ``pandas.DataFrame``.
@@ -312,6 +384,7 @@ def dataframe_html(
         float_format: Format for float cells.
         index: Include the index as the first column.
         caption: Optional table caption.
+        css_class: Class of the ``<table>``.
 
     Returns:
         ``<table class="fl-table">...``.
@@ -331,30 +404,13 @@ def dataframe_html(
         raise TypeError(f"df must be a pandas.DataFrame, got {type(df).__name__}")
     if max_rows < 1:
         raise ValueError(f"max_rows={max_rows} must be >= 1")
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return escape(float_format.format(v)) if math.isfinite(v) else "–"
-        if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-            try:
-                return cell(v.item())
-            except (ValueError, TypeError):
-                pass
-        return escape(v)
-
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-    parts = ['<table class="fl-table">']
-    if caption:
-        parts.append(f"<caption>{escape(caption)}</caption>")
-    parts.append("<thead><tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr></thead>")
-    parts.append("<tbody>")
-    for idx, row in zip(df.index[:max_rows], df.itertuples(index=False)):
-        tds = ([f"<th>{cell(idx)}</th>"] if index else []) + [f"<td>{cell(v)}</td>" for v in row]
-        parts.append("<tr>" + "".join(tds) + "</tr>")
-    parts.append("</tbody></table>")
-    if len(df) > max_rows:
-        parts.append(f'<p class="fl-note">{len(df) - max_rows} more rows not shown.</p>')
-    return "".join(parts)
+    shown = df.head(max_rows)
+    return table_html(
+        cols, list(shown.itertuples(index=False)),
+        row_headers=list(shown.index) if index else None, caption=caption,
+        float_format=float_format, css_class=css_class, hidden=max(0, len(df) - max_rows),
+    )
 
 
 def figure_to_png(fig: Any, *, dpi: int = 110) -> bytes:
@@ -514,15 +570,6 @@ def save_html(html_text: str, path: str | os.PathLike[str], *, check_offline: bo
     """
     if check_offline:
         assert_offline(html_text)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html_text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    from futurelens_tl._io import write_text
+
+    return write_text(path, html_text)

@@ -62,7 +62,9 @@ def fig_to_html(fig: Any, *, close: bool = True, dpi: int = 90) -> str:
 
 def html_table(df: Any) -> str:
     """A pandas frame as an escaped HTML table with the module's CSS class."""
-    return df.to_html(classes="fl-l0-table", border=0, escape=True)
+    from .html import dataframe_html
+
+    return dataframe_html(df, index=True, max_rows=max(len(df), 1), css_class="fl-l0-table")
 
 
 _CSS = (

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .html import assert_offline, asset, escape, page, save_html
+from .html import assert_offline, asset, escape, page, save_html, table_html
 
 __all__ = ["Section", "report_html", "write_report"]
 
@@ -133,9 +133,8 @@ def report_html(
     if subtitle:
         header += f'<div class="fl-subtitle">{escape(subtitle)}</div>'
     if meta:
-        rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
-                       for k, v in meta.items())
-        header += f'<table class="fl-meta">{rows}</table>'
+        header += table_html(None, [[v] for v in meta.values()], row_headers=list(meta),
+                             css_class="fl-meta")
     header += "</header>"
     doc = page(
         title,
