@@ -117,9 +117,11 @@ def unembed_case():
 
 
 @pytest.mark.parametrize("native", NATIVE)
-@pytest.mark.parametrize("bias", [False, True])
-def test_fused_matches_definitions(unembed_case, native, bias):
+@pytest.mark.parametrize(("bias", "layout"), [(False, "row"), (True, "row"), (False, "col")])
+def test_fused_matches_definitions(unembed_case, native, bias, layout):
     x, W, b, f, t, valid = unembed_case
+    if layout == "col":  # an HF-tied unembedding: lm_head.weight.T, column-major
+        W = W.t().contiguous().t()
     U = Unembedding(W, b if bias else None)
     z = x @ W + (b if bias else 0)
     assert z[5].max() - z[5, :256].max() > 64  # the re-base path is taken

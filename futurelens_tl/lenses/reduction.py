@@ -297,16 +297,32 @@ class Unembedding:
         return cls(W, b if bool(b.any()) else None, float(cap) if cap > 0 else None,
                    W.to(torch.bfloat16) if approximate else None)
 
+    def columns(self, ids: Tensor) -> Tensor:
+        """``W_U[:, ids]`` in the memory layout of ``W_U``'s own column slices.
+
+        An HF-tied ``W_U`` is ``lm_head.weight.T`` (column-major): its columns are gathered as
+        rows of the transpose (fast), and the gemm on them then runs the same kernel as the
+        tiles, so a target's logit equals the tile's value bit for bit.
+        """
+        if self.W_U.stride(0) == 1 and self.W_U.stride(1) != 1:
+            return self.W_U.t()[ids].t()
+        return self.W_U.index_select(1, ids)
+
+    def rows_of_transpose(self) -> Tensor:
+        """``W_U.T`` as a contiguous ``[d_vocab, d_model]`` matrix (free when column-major)."""
+        if self.W_T is None:
+            wt = self.W_U.t()
+            self.W_T = wt if wt.is_contiguous() else wt.contiguous()
+        return self.W_T
+
     def logits_at(self, x: Tensor, ids: Tensor) -> Tensor:
         """Exact float32 logits of ``ids`` (``[n]`` shared, or ``[rows, n]`` per row)."""
         if ids.ndim == 1:
-            z = x @ self.W_U[:, ids]
+            z = x @ self.columns(ids)
             if self.b_U is not None:
                 z = z + self.b_U[ids]
         else:  # per-row ids: gather rows of W_U^T, one small dot product per (row, id)
-            if self.W_T is None:
-                self.W_T = self.W_U.t().contiguous()
-            cols = self.W_T[ids]  # [rows, n, d]
+            cols = self.rows_of_transpose()[ids]  # [rows, n, d]
             z = torch.bmm(cols, x[:, :, None])[..., 0]
             if self.b_U is not None:
                 z = z + self.b_U[ids]
@@ -325,7 +341,7 @@ def _target_logits(xb: Tensor, U: Unembedding, tc: Tensor) -> Tensor:
     (a token tied with the target then compares equal, not larger).
     """
     n, m = tc.shape
-    cols = U.W_U.index_select(1, tc.reshape(-1))  # [d, n m]
+    cols = U.columns(tc.reshape(-1))  # [d, n m]
     if U.b_U is not None:
         z = torch.addmm(U.b_U[tc.reshape(-1)], xb, cols)
     else:
@@ -383,7 +399,7 @@ def fused_unembed_stats(
     target does not count.
 
     ``approximate=True`` (opt-in) makes the tile matmul in bfloat16 (``unembed.W_lo``, AMX /
-    AVX512-BF16 on recent x86), keeps the top ``candidates`` (default ``4 k + 16``) ids of the
+    AVX512-BF16 on recent x86), keeps the top ``candidates`` (default ``2 k + 8``) ids of the
     bfloat16 logits and re-scores them in float32: top-k ids and log-probs use the exact logits of
     the candidates; ``log Z``, entropy, KL and ranks come from the bfloat16 logits (errors of
     order ``2^-8 |z|``).
@@ -422,7 +438,7 @@ def fused_unembed_stats(
     if approximate and unembed.W_lo is None:
         unembed = Unembedding(unembed.W_U, unembed.b_U, unembed.soft_cap,
                               unembed.W_U.to(torch.bfloat16))
-    kc = min(V, candidates or 4 * k + 16) if approximate else k
+    kc = min(V, candidates or 2 * k + 8) if approximate else k
     t2 = None if targets is None else (targets if targets.ndim == 2 else targets[:, None])
     n_rank = 0 if t2 is None else (t2.shape[1] if ranks is True else int(ranks))
     parts: dict[str, list[Tensor]] = {}
