@@ -37,6 +37,7 @@ import torch
 from _common import row
 
 import futurelens_tl as fl
+from futurelens_tl.data import token_windows
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,7 +140,7 @@ def main(quick: bool = False) -> list[dict]:
             t.bias.copy_(state[f"{i}.bias"].float())
     view = ours.view
     vocab = list(view.tokenizer.get_vocab()) if view.tokenizer is not None else []
-    held = fl.data.token_windows(model, _heldout_texts(vocab, 8 if quick else 24), length=128)
+    held = token_windows(model, _heldout_texts(vocab, 8 if quick else 24), length=128)
     layers = ours.trained_layers()
     kl_ours, h_ours = _mean_kl(model, ours, held, layers)
     kl_peer, h_peer = _mean_kl(model, peer, held, layers)

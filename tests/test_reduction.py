@@ -206,3 +206,24 @@ def test_approximate_readout_recall_on_a_random_model(native):
     assert torch.allclose(st["top_log_probs"] + lz, z.gather(1, st["top_ids"]), atol=1e-4)
     assert (st["log_normalizer"] - ex["log_normalizer"]).abs().max() < 0.05
     assert (st["entropy"] - ex["entropy"]).abs().max() < 0.05
+
+
+def test_run_with_lenses_readout_modes(tmp_path):
+    """readout='approximate' on a model: exact re-scored top-k, same cells; bad modes raise."""
+    from conftest import hf_gpt2_bridge
+
+    import futurelens_tl as fl
+
+    model = hf_gpt2_bridge(tmp_path, vocab=613)
+    toks = torch.randint(1, 613, (2, 12), generator=torch.Generator().manual_seed(0))
+    lens = fl.LogitLens(model)
+    _, ex = fl.run_with_lenses(model, toks, lens, top_k=5)
+    _, ap = fl.run_with_lenses(model, toks, lens, top_k=5, readout="approximate")
+    for layer in lens.layers:
+        a, e = ap["logit", layer], ex["logit", layer]
+        hit = (a.top_ids[..., :, None] == e.top_ids[..., None, :]).any(-1).float().mean()
+        assert hit >= 0.95
+        assert torch.allclose(a.entropy, e.entropy, atol=0.05)
+        assert torch.equal(a.target_ids, e.target_ids)
+    with pytest.raises(ValueError, match="readout"):
+        fl.run_with_lenses(model, toks, lens, readout="fast")
