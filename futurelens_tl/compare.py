@@ -43,7 +43,13 @@ from futurelens_tl.lenses.base import (
     explain_nonfinite,
     model_fingerprint,
 )
-from futurelens_tl.lenses.reduction import FinalDistribution, reduce_readout, scratch_for
+from futurelens_tl.lenses.reduction import (
+    FinalDistribution,
+    Unembedding,
+    _fusable,
+    reduce_readout,
+    scratch_for,
+)
 from futurelens_tl.model import ModelView, as_view
 
 __all__ = ["LayerReadout", "LensComparison", "LensReadouts", "compare", "run_with_lenses"]
@@ -242,13 +248,17 @@ def _reduce(
     keep_log_probs: bool = False,
     track_ids: Tensor | None = None,
     scratch: Tensor | None = None,
+    unembed: Unembedding | None = None,
+    approximate: bool = False,
 ) -> dict[str, Tensor]:
     """Read ``lens`` at ``layer`` on ``resid`` rows, reduced, under the grid builders' keys.
 
-    The work is :func:`futurelens_tl.lenses.reduction.reduce_readout`.
+    The work is :func:`futurelens_tl.lenses.reduction.reduce_readout` (fused tiles for lenses
+    that read through the final norm + unembedding).
     """
     st = reduce_readout(lens, layer, resid, k, final=final, targets=targets,
-                        track_ids=track_ids, keep_log_probs=keep_log_probs, scratch=scratch)
+                        track_ids=track_ids, keep_log_probs=keep_log_probs, scratch=scratch,
+                        unembed=unembed, approximate=approximate)
     out = {"top_ids": st["top_ids"], "top_probs": st["top_log_probs"].exp(),
            "entropy": st["entropy"]}
     rename = {"kl": "kl", "log_normalizer": "log_z", "target_log_probs": "tlp",
@@ -376,6 +386,7 @@ def run_with_lenses(
     layers: Sequence[int] | None = None,
     return_log_probs: bool = False,
     attention_mask: Int[Tensor, "batch pos"] | None = None,
+    readout: str = "exact",
 ) -> tuple[Float[Tensor, "batch pos vocab"], LensReadouts]:
     """Run the model once and read every lens at every covered layer, reduced.
 
@@ -394,6 +405,12 @@ def run_with_lenses(
         return_log_probs: Also keep the full ``[batch, P, vocab]`` log-probs per lens/layer.
         attention_mask: For a padded ``[batch, pos]`` token tensor: 1 at real tokens, 0 at
             padding (right padding only). Padded cells get no target and no KL.
+        readout: ``"exact"`` (default: float32, every statistic exact) or ``"approximate"``
+            (opt-in: bfloat16 unembedding with float32 re-scoring of a top-k candidate set;
+            top-k ids/probs and target log-probs use exact logits, ``log Z``, entropy, KL and
+            ranks the bfloat16 ones; see ``docs/howto/fast_readout.md`` for measured recall
+            and errors). Lenses that do not read through the final norm + unembedding (the
+            Future Lens) are always read exactly.
 
     Returns:
         ``(logits, readouts)``: the model's own logits ``[batch, pos, vocab]`` and a
@@ -436,10 +453,14 @@ def run_with_lenses(
     meta: dict[str, Any] = {"lenses": {}, "batch": B, "seq_len": T}
     V = view.d_vocab
     finals: dict[int, FinalDistribution] = {}  # one per distinct n_ahead, shared by lenses
+    if readout not in ("exact", "approximate"):
+        raise ValueError(f"readout={readout!r} must be 'exact' or 'approximate'")
+    approx = readout == "approximate"
     scratch = scratch_for(B * len(pos), V, logits.device)  # one buffer for every readout
     valid = (torch.ones(B, len(pos), dtype=torch.bool, device=toks.device) if lengths is None
              else pos_t[None, :] < lengths[:, None])
     meta["lengths"] = [T] * B if lengths is None else lengths.tolist()
+    unembed = Unembedding.from_view(view, approximate=approx)  # weights prepared once
     for lens in lens_list:
         n = int(getattr(lens, "n_ahead", 0) or 0)
         if n not in finals:
@@ -452,8 +473,9 @@ def run_with_lenses(
                                      "class": type(lens).__name__}
         for layer in per_lens[lens.name]:
             h = resid[all_layers.index(layer)][:, pos_t].reshape(B * len(pos), -1)
+            fast = approx and not return_log_probs and _fusable(lens)
             red = _reduce(lens, layer, h, f, tflat, k, keep_log_probs=return_log_probs,
-                          scratch=scratch)
+                          scratch=scratch, unembed=unembed, approximate=fast)
             _check_readout(red, view, lens, layer, h)
             shp = (B, len(pos))
             data[lens.name][layer] = LayerReadout(
