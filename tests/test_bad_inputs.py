@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import types
 from pathlib import Path
 
@@ -456,12 +455,6 @@ def test_good_inputs_still_work(env):
 
 
 # ---------------------------------------------------------------------- FutureLens artifacts
-_NEEDS_FUTURE_CALL = pytest.mark.xfail(
-    strict=False, raises=(TypeError, KeyError, RuntimeError, ValueError, pickle.UnpicklingError),
-    reason="needs FutureLens.load to build the lens inside artifacts.artifact_errors(path) and "
-           "load_official_prompt to read with artifacts.load_tensor_file (lenses/future.py)")
-
-
 @pytest.fixture(scope="module")
 def future_art(env):
     lens = fl.FutureLens(env.model, "linear_hidden", [0], (1,))
@@ -499,10 +492,10 @@ CASES_FUTURE_LOAD = [
      r"integrity check"),
     pytest.param("config edited", lambda e, a: _future_rewrite(
         e, a, "f3.safetensors", edit_header=lambda h: h["config"].update(bogus=1)),
-        ArtifactError, r"invalid header", marks=_NEEDS_FUTURE_CALL),
+        ArtifactError, r"invalid header"),
     pytest.param("basis missing", lambda e, a: _future_rewrite(
         e, a, "f4.safetensors", edit_header=lambda h: h.pop("basis")),
-        ArtifactError, r"invalid header", marks=_NEEDS_FUTURE_CALL),
+        ArtifactError, r"invalid header"),
 ]
 
 
@@ -514,7 +507,6 @@ def test_future_load(env, future_art, case, make, exc, match):
         fl.FutureLens.load(path, env.model)
 
 
-@_NEEDS_FUTURE_CALL
 def test_official_prompt_pickle_is_an_artifact_error(env):
     path = env.tmp / "prompt.pt"
     torch.save({"prompt": types.SimpleNamespace(x=1)}, path)

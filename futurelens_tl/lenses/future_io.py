@@ -14,8 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from futurelens_tl.lenses.artifacts import load_artifact, save_artifact
-from futurelens_tl.lenses.base import LensMismatchError
+from futurelens_tl.lenses.artifacts import (
+    artifact_errors,
+    load_artifact,
+    load_tensor_file,
+    save_artifact,
+)
+from futurelens_tl.lenses.base import LensMismatchError, model_fingerprint
 from futurelens_tl.lenses.future_config import FORMAT_VERSION, FutureLensConfig
 from futurelens_tl.model import as_view
 
@@ -55,31 +60,33 @@ class IOMixin:
         # Missing, truncated, corrupt, foreign or newer files raise ArtifactError (a ValueError).
         tensors, header = load_artifact(path, expect_format="future_lens",
                                         max_version=FORMAT_VERSION)
-        view = as_view(model)
-        if view.basis != header["basis"]:
-            raise LensMismatchError(
-                f"lens at {os.fspath(path)!r} was fitted in the {header['basis']!r} basis but the "
-                f"model is in the {view.basis!r} basis; load the model the same way.")
-        if view.fingerprint != header["fingerprint"]:
-            raise LensMismatchError(
-                f"lens at {os.fspath(path)!r} was fitted on model {header['fingerprint']} but this "
-                f"model is {view.fingerprint}: another model or other weights.")
-        cfg = FutureLensConfig(**{**header["config"],
-                                  "train_n": tuple(header["config"]["train_n"]),
-                                  "splits": tuple(header["config"]["splits"])})
-        fixed = tensors.get("prompt_tokens") if header["method"] == "fixed_prompt" else None
-        lens = cls(model, header["method"], header["layers"], header["n_aheads"], config=cfg,
-                   fixed_prompt=fixed)
-        lens.prompt_text, lens.prompt_key = header.get("prompt_text"), header.get("prompt_key")
-        if header["method"] == "learned_prompt" and "soft_prompt" in tensors:
-            lens.soft_prompt = torch.nn.Parameter(torch.zeros_like(tensors["soft_prompt"]))
-        source_mean = tensors.pop("source_mean", None)
-        lens.load_state_dict({k: v.to(view.device) for k, v in tensors.items()})
-        lens.source_mean = source_mean
-        lens.target_layer = header.get("target_layer")
-        lens.name = header.get("name", lens.name)
-        lens.basis, lens.fingerprint = header["basis"], header["fingerprint"]
-        lens.training_summary = header.get("training", {})
+        with artifact_errors(path, "future lens artifact"):
+            view = as_view(model)
+            if view.basis != header["basis"]:
+                raise LensMismatchError(
+                    f"lens at {os.fspath(path)!r} was fitted in the {header['basis']!r} basis "
+                    f"but the model is in the {view.basis!r} basis; load the model the same "
+                    "way.")
+            if model_fingerprint(view) != header["fingerprint"]:
+                raise LensMismatchError(
+                    f"lens at {os.fspath(path)!r} was fitted on model {header['fingerprint']} but "
+                    f"this model is {model_fingerprint(view)}: another model or other weights.")
+            cfg = FutureLensConfig(**{**header["config"],
+                                      "train_n": tuple(header["config"]["train_n"]),
+                                      "splits": tuple(header["config"]["splits"])})
+            fixed = tensors.get("prompt_tokens") if header["method"] == "fixed_prompt" else None
+            lens = cls(model, header["method"], header["layers"], header["n_aheads"], config=cfg,
+                       fixed_prompt=fixed)
+            lens.prompt_text, lens.prompt_key = header.get("prompt_text"), header.get("prompt_key")
+            if header["method"] == "learned_prompt" and "soft_prompt" in tensors:
+                lens.soft_prompt = torch.nn.Parameter(torch.zeros_like(tensors["soft_prompt"]))
+            source_mean = tensors.pop("source_mean", None)
+            lens.load_state_dict({k: v.to(view.device) for k, v in tensors.items()})
+            lens.source_mean = source_mean
+            lens.target_layer = header.get("target_layer")
+            lens.name = header.get("name", lens.name)
+            lens.basis, lens.fingerprint = header["basis"], header["fingerprint"]
+            lens.training_summary = header.get("training", {})
         return lens
 
     @classmethod
@@ -101,7 +108,7 @@ class IOMixin:
             if not os.path.exists(path):
                 raise ValueError(f"path={os.fspath(path)!r} does not exist; download "
                                  "gptj_soft_prefix.pt (see docs/future_lens.md).")
-            t = torch.load(path, map_location="cpu", weights_only=True)
+            t = load_tensor_file(path, "soft prompt")
             if isinstance(t, dict):
                 tensors = [v for v in t.values() if isinstance(v, Tensor)]
                 if len(tensors) != 1:
@@ -123,7 +130,7 @@ class IOMixin:
         lens = cls(model, "learned_prompt", [layer], (0, 1, 2, 3), config=cfg,
                    name=f"future[official_prompt@{layer}]")
         lens.soft_prompt.data.copy_(t.float()[None].to(lens.soft_prompt.device))
-        lens.basis, lens.fingerprint = view.basis, view.fingerprint
+        lens.basis, lens.fingerprint = view.basis, model_fingerprint(view)
         lens.training_summary = {"method": "learned_prompt", "source": "official gptj prompt"}
         return lens
 
