@@ -227,3 +227,20 @@ def test_hooked_backend_loads_a_local_gpt2_directory(tmp_path):
     for model in (raw, proc):
         got = torch.log_softmax(model(toks), -1)
         assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_fingerprint_sees_mlp_and_norm_weights_and_caches():
+    """An MLP-only or norm-only edit changes the fingerprint; an unchanged model hits the cache."""
+    model = native_bridge(seed=0)
+    view = as_view(model)
+    fp = view.fingerprint
+    assert view.fingerprint == fp  # cached (same storage and versions)
+    with torch.no_grad():
+        model.blocks[0].mlp.W_in.mul_(1.01) if hasattr(model.blocks[0].mlp, "W_in") else (
+            next(p for n, p in model.named_parameters() if "mlp" in n and p.ndim == 2).mul_(1.01))
+    fp_mlp = view.fingerprint
+    assert fp_mlp != fp
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "ln2" in n or "post_attention" in n).add_(
+            0.1)
+    assert view.fingerprint != fp_mlp

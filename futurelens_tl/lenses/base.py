@@ -45,25 +45,8 @@ class NonFiniteError(ValueError):
     """
 
 
-def _version_key(model: Any) -> tuple[tuple[int, int], ...] | None:
-    """Identity of the model's current weights: storage and in-place version of each parameter.
-
-    ``Tensor._version`` increases on every in-place write (``copy_``, ``load_state_dict``,
-    optimiser steps) and a new storage changes ``data_ptr``; so an unchanged key means
-    unchanged weights. ``None`` when a parameter hides its version (inference-mode tensors).
-    """
-    try:
-        return tuple((p.data_ptr(), p._version) for p in model.parameters())
-    except Exception:  # pragma: no cover - inference tensors, exotic parameters
-        return None
-
-
 def model_fingerprint(model: Any) -> str:
-    """``ModelView.fingerprint``, cached on the view until a weight changes.
-
-    The fingerprint samples every weight matrix (cheap, but it expands GQA and stacks layers);
-    lenses check it on every use, so it is recomputed only when a parameter's storage or
-    in-place version changed since the last call (see :func:`_version_key`).
+    """``ModelView.fingerprint`` of ``model`` (cached on the view until a weight changes).
 
     Examples:
         >>> import futurelens_tl as fl
@@ -72,15 +55,7 @@ def model_fingerprint(model: Any) -> str:
         >>> model_fingerprint(model) == fl.as_view(model).fingerprint
         True
     """
-    view = as_view(model)
-    key = _version_key(view.model)
-    cached = view.__dict__.get("_futurelens_fingerprint")
-    if key is not None and cached is not None and cached[0] == key:
-        return cached[1]
-    fp = view.fingerprint
-    if key is not None:
-        view.__dict__["_futurelens_fingerprint"] = (key, fp)
-    return fp
+    return as_view(model).fingerprint  # the view caches it until a weight changes
 
 
 def nonfinite_params(module: Any, limit: int = 5) -> list[str]:

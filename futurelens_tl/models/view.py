@@ -76,6 +76,17 @@ def resid_hook_name(layer: int) -> str:
     return "blocks.0.hook_resid_pre" if layer == -1 else f"blocks.{layer}.hook_resid_post"
 
 
+def _version_key(model: Any) -> tuple[tuple[int, int], ...] | None:
+    """Identity of a model's current weights: storage and in-place version of each parameter.
+
+    ``None`` when a parameter hides its version (inference-mode tensors): then nothing caches.
+    """
+    try:
+        return tuple((p.data_ptr(), p._version) for p in model.parameters())
+    except Exception:  # pragma: no cover - inference tensors, exotic parameters
+        return None
+
+
 class ModelView(WeightSurface):
     """Backend-neutral view of a TransformerLens model.
 
@@ -157,12 +168,21 @@ class ModelView(WeightSurface):
     def fingerprint(self) -> str:
         """A stable 16-hex-digit identifier of the architecture and weights.
 
-        It hashes the architecture numbers and a strided sample of every weight of the
-        normalised surface (W_E, W_pos, attention, unembedding), cast to bfloat16, so the same
-        weights give the same fingerprint on bridge and HookedTransformer, on any device, and
-        in fp32 or bf16. Processing (compatibility mode) changes weights and so the fingerprint;
-        artifacts also record the basis, which is checked first for a clearer error.
+        It hashes the architecture numbers and a strided sample of every weight matrix of the
+        normalised surface (W_E, W_pos, attention, MLP, norm gains, unembedding), cast to
+        bfloat16, so the same weights give the same fingerprint on bridge and HookedTransformer,
+        on any device, and in fp32 or bf16. Processing (compatibility mode) changes weights and
+        so the fingerprint; artifacts also record the basis, which is checked first for a
+        clearer error.
+
+        Cached until a weight changes: the cache key is each parameter's storage and in-place
+        version (``Tensor._version`` grows on every in-place write: ``copy_``, optimiser
+        steps, ``load_state_dict``), so lenses can check it on every use.
         """
+        key = _version_key(self.model)
+        cached = self.__dict__.get("_fingerprint_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         h = hashlib.sha256()
         arch = {
             "n_layers": self.n_layers,
@@ -173,7 +193,8 @@ class ModelView(WeightSurface):
             "pos": self.positional_embedding_type,
         }
         h.update(json.dumps(arch, sort_keys=True).encode())
-        tensors = [self.W_E, self.W_pos, self.W_Q, self.W_K, self.W_V, self.W_O, self.W_U]
+        tensors = [self.W_E, self.W_pos, self.W_Q, self.W_K, self.W_V, self.W_O, self.W_U,
+                   *self._mlp_and_norm_weights()]
         for t in tensors:
             if t is None:
                 h.update(b"none")
@@ -183,7 +204,22 @@ class ModelView(WeightSurface):
             sample = flat[::step][:4096].to("cpu", torch.bfloat16).view(torch.int16)
             h.update(str(tuple(t.shape)).encode())
             h.update(sample.numpy().tobytes())
-        return h.hexdigest()[:16]
+        fp = h.hexdigest()[:16]
+        if key is not None:
+            self.__dict__["_fingerprint_cache"] = (key, fp)
+        return fp
+
+    def _mlp_and_norm_weights(self) -> list[Tensor | None]:
+        """MLP matrices (TL convention, both backends) and every norm gain, for the fingerprint."""
+        out: list[Tensor | None] = [self._param(n) for n in ("W_in", "W_gate", "W_out")]
+        norms = [self.ln_final.w]
+        for layer in range(self.n_layers):
+            norms.append(self.ln1(layer).w)
+            ln2 = getattr(self.model.blocks[layer], "ln2", None)
+            norms.append(getattr(ln2, "w", None))
+        gains = [w.detach().reshape(-1) for w in norms if isinstance(w, Tensor)]
+        out.append(torch.cat(gains) if gains else None)
+        return out
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary of the model (what ``futurelens-tl info`` prints)."""
