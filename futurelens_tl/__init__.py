@@ -23,10 +23,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "load_model": "futurelens_tl.model",
-    "ModelView": "futurelens_tl.model",
-    "as_view": "futurelens_tl.model",
+    "load_model": "futurelens_tl.models",
+    "known_models": "futurelens_tl.models",
+    "ModelView": "futurelens_tl.models",
+    "as_view": "futurelens_tl.models",
     "toy_model": "futurelens_tl.toy",
+    "corpus": "futurelens_tl.corpora",
     "Lens": "futurelens_tl.lenses.base",
     "LensMismatchError": "futurelens_tl.lenses.base",
     "LogitLens": "futurelens_tl.lenses.logit",

@@ -162,7 +162,7 @@ def test_load_model_errors():
 
 def test_load_model_unknown_name_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ValueError, match="local directory"):
+    with pytest.raises(ValueError, match="local Hugging Face folder"):
         fl.load_model("no-such-org/no-such-model-xyz", device="cpu")
 
 

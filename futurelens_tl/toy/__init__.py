@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from futurelens_tl.paths import cache_root
 from futurelens_tl.toy.corpus import (
     CORPUS_VERSION,
     ORDINAL_FAMILIES,
@@ -90,17 +91,6 @@ def _prompts() -> list[str]:
 TOY_PROMPTS: list[str] = _prompts()
 
 
-def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("FUTURELENS_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("futurelens_tl"))
-
-
 def _model_key(cfg: ToyConfig) -> str:
     import hashlib
     import json
@@ -145,7 +135,7 @@ def toy_checkpoint_path(
     cfg.validate()
     if not retrain and not quick and _pinned_matches(cfg):
         return CHECKPOINT_DIR
-    path = _cache_root(cache_dir) / "toy" / cfg.key()
+    path = cache_root(cache_dir) / "toy" / cfg.key()
     meta = read_meta(path)
     if retrain or meta is None or meta.get("key") != cfg.key():
         from futurelens_tl.toy.train import train_toy
@@ -211,15 +201,9 @@ def load_toy_checkpoint(path: str | os.PathLike, backend: str = "bridge") -> Any
     meta = read_meta(path) or {}
     name = meta.get("model_name", "futurelens-toy")
     if backend == "hooked":
-        from futurelens_tl.model import _tl_major, tl_version
+        from futurelens_tl.models.hooked import hooked_from_hf_gpt2, require_hooked
 
-        if _tl_major() >= 4:
-            raise ValueError(
-                f"backend='hooked' needs TransformerLens 3.x, but transformer-lens "
-                f"{tl_version()} is installed, which removed HookedTransformer. Use "
-                "backend='bridge' (the default)."
-            )
-        from futurelens_tl.model import hooked_from_hf_gpt2
+        require_hooked()
         from futurelens_tl.toy.tokenizer import load_tokenizer
 
         return hooked_from_hf_gpt2(path, name, tokenizer=load_tokenizer(path))
@@ -255,7 +239,7 @@ def toy_tokenizer(seed: int = 0, cache_dir: str | os.PathLike | None = None) -> 
     cfg = ToyConfig(seed=seed)
     if _pinned_matches(cfg):
         return load_tokenizer(CHECKPOINT_DIR)
-    d = _cache_root(cache_dir) / "toy" / f"tokenizer-{_model_key(cfg)}"
+    d = cache_root(cache_dir) / "toy" / f"tokenizer-{_model_key(cfg)}"
     if (d / "tokenizer.json").exists():
         return load_tokenizer(d)
     d.parent.mkdir(parents=True, exist_ok=True)
