@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/real_model_heads.md")
+    ap.add_argument("--with-s-inhibition", action="store_true",
+                    help="also run S-inhibition path patching (one batched forward per 32 "
+                         "sender heads: the most expensive role by far)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     t_fwd = time.perf_counter() - t
 
     t = time.perf_counter()
-    tags = fl.tag_heads(model, roles="all", data={"text": text}, n_examples=args.n_examples,
+    roles = [r for r in ROLES if args.with_s_inhibition or r != "s_inhibition"]
+    tags = fl.tag_heads(model, roles=roles, data={"text": text}, n_examples=args.n_examples,
                         seq_len=args.seq_len, seed=args.seed, verbose=False)
     t_all = time.perf_counter() - t
     t = time.perf_counter()
@@ -82,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
       f"torch {torch.__version__}, Python {platform.python_version()}. Seed {args.seed}; "
       f"{args.n_examples} sequences of {args.seq_len} tokens per generated dataset; text roles "
       f"on {text.n} windows of the Lee corpus (train split).\n")
-    w(f"Load {t_load:.1f} s. `tag_heads(roles=\"all\")`: {t_all:.1f} s, {tags.n_forwards} "
+    if not args.with_s_inhibition:
+        w("S-inhibition path patching was left out of this run for CPU time (rerun with "
+          "`--with-s-inhibition` to include it).\n")
+    w(f"Load {t_load:.1f} s. `tag_heads` ({len(roles)} roles): {t_all:.1f} s, {tags.n_forwards} "
       f"forward passes; one forward over {tok.shape[0]} x {tok.shape[1]} tokens: {t_fwd:.2f} s "
       f"(ratio {t_all / t_fwd:.1f}x, on a shared machine). Confirmation of the previous-token "
       f"and induction tags (8 examples): {t_conf:.1f} s.\n")

@@ -101,3 +101,18 @@ def test_toy_induction_heads_copy():
         assert cp[layer, h] > 0.5
     assert tags.evidence["copying"]["token_set"] in ("all", "frequent", "weighted")
     assert "frequent" in tags.extras["copying"] or "weighted" in tags.extras["copying"]
+
+
+def test_effective_embeddings_stop_early_and_leave_no_hooks():
+    m = native_bridge(n_layers=3, d_model=D, n_heads=H, d_vocab=V, seed=1)
+    view = fl.ModelView(m)
+    tok = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = m(tok)
+    wee = S.effective_embeddings(view, torch.arange(V), batch_size=10)
+    assert wee.shape == (V, D) and torch.isfinite(wee).all()
+    with torch.no_grad():
+        after = m(tok)
+    torch.testing.assert_close(before, after)  # the aborted forwards removed their hooks
+    again = S.effective_embeddings(view, torch.arange(V))
+    torch.testing.assert_close(wee, again)

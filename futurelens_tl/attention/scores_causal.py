@@ -34,8 +34,9 @@ def retrieval_scores(
     generated token equals the prompt token there; each hit adds ``1/needle_len``. A sample
     counts when its recall of the answer tokens is > ``recall_min``; score = mean per-sample
     score over counted samples (0 when none counts; ``evidence["n_counted"]``). Threshold 0.1
-    (Wu et al.). Control: ``extras["chance"]`` = the score of a head attending uniformly over
-    the prompt (needle length / prompt length per step, times the model's step accuracy).
+    (Wu et al.). Control: ``extras["chance"]`` = the expected score of a head whose top-1 key is
+    uniform over the prompt (a hit needs the one matching needle position: ``1/P`` per
+    correctly generated step, worth ``1/needle_len``).
     """
     if data.name != "haystack_prompts" or "needle_start" not in data.meta:
         raise ValueError("retrieval needs haystack_prompts(...) data (needle spans in meta)")
@@ -77,7 +78,7 @@ def retrieval_scores(
         total += score[ok].sum(0).cpu()
         n_counted += int(ok.sum())
         hit_rate = (gen == answer).double().mean(-1)[ok]
-        chance_num += float((hit_rate * steps * (1.0 / P)).sum())
+        chance_num += float((hit_rate * steps / (P * needle_len)).sum())
     sc = (total / max(n_counted, 1)).float()
     ev = {**data.describe(), "n_counted": n_counted, "decoding": "teacher-forced"}
     chance = torch.full((L, H), chance_num / max(n_counted, 1))
