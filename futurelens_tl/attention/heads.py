@@ -246,6 +246,18 @@ def tag_heads(
     if tok is not None and getattr(tok, "bos_token_id", None) is not None:
         bos = int(tok.bos_token_id)
 
+    view._wee_cache = {}  # type: ignore[attr-defined]  # effective embeddings, this call only
+    try:
+        return _tag(view, role_list, want, thr_over, data, L, H, n, bos, tok, n_examples,
+                    batch_size, families, confirm, seed, verbose, t0, f0)
+    finally:
+        del view._wee_cache  # type: ignore[attr-defined]
+
+
+def _tag(view: ModelView, role_list: list[str], want: set[str], thr_over: dict[str, Any],
+         data: dict[str, Any], L: int, H: int, n: int, bos: int, tok: Any, n_examples: int,
+         batch_size: int, families: Any, confirm: bool, seed: int, verbose: bool, t0: float,
+         f0: int) -> HeadTags:
     results: dict[str, S.RoleScore] = {}
     unavailable: dict[str, str] = {}
     used: dict[str, ProbeData] = {}  # role -> the data it was scored on (for confirm)

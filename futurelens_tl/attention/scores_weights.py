@@ -253,8 +253,13 @@ def effective_embeddings(
     The residual after block 0 for each lone token with positions and layer-0 attention
     zero-ablated. The forward stops right after block 0 (a hook raises once the residual is
     stored; TransformerLens removes its hooks on the way out), so the whole vocabulary of a
-    30-layer model costs about one layer's work per batch instead of a full forward.
+    30-layer model costs about one layer's work per batch instead of a full forward. Inside
+    one ``tag_heads`` call the whole-vocabulary table is computed once and shared by the
+    copying, successor and copy-suppression scores.
     """
+    cache = getattr(view, "_wee_cache", None)  # set by tag_heads for the length of one call
+    if cache is not None and "vocab" in cache:
+        return cache["vocab"][token_ids.to(cache["vocab"].device).long()]
     out = []
     hooks: list[tuple[str, Callable[..., Any]]] = [
         (view.attn_hook(0, "z"), lambda z, hook: torch.zeros_like(z)),
@@ -282,7 +287,11 @@ def effective_embeddings(
             if not store:  # pragma: no cover - a backend that swallowed the exception
                 raise RuntimeError(f"hook {name} did not fire; cannot read effective embeddings")
             out.append(store[0][:, 0])
-    return torch.cat(out)
+    res = torch.cat(out)
+    if cache is not None and len(ids) == view.d_vocab and bool(
+            (ids == torch.arange(view.d_vocab, device=ids.device)).all()):
+        cache["vocab"] = res
+    return res
 
 
 def _head_ov_out(view: ModelView, layer: int, x: Float[Tensor, "n d_model"]
