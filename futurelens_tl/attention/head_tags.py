@@ -93,7 +93,7 @@ class HeadTags:
 
     def top(self, role: str, k: int = 3) -> list[tuple[int, int, float]]:
         """The ``k`` best heads for ``role`` (tagged or not) as ``(layer, head, score)``."""
-        s = torch.nan_to_num(self.score(role), nan=-math.inf).flatten()
+        s = torch.nan_to_num(self.score(role).detach(), nan=-math.inf).flatten()
         idx = s.argsort(descending=True)[:k]
         return [(int(i) // self.n_heads, int(i) % self.n_heads, float(s[i])) for i in idx]
 
@@ -146,15 +146,27 @@ class HeadTags:
         return pd.DataFrame(rows)
 
     def summary(self) -> Any:
-        """One row per role: stage, threshold, number tagged, best head and its score."""
+        """One row per role: threshold, number tagged, best head, score, interval, control.
+
+        ``ci_low``/``ci_high`` where the role has an interval; ``control``/``control_value``:
+        the role's control statistic at the best head (chance rate, random-head baseline...).
+        """
         import pandas as pd
 
         rows = []
         for r in self.roles:
             best = self.top(r, 1)[0]
+            ex = self.extras.get(r, {})
+            lh = (best[0], best[1])
+            ctrl = next((k for k in ("chance", "random_mean", "uniform_label_mass",
+                                     "k_composition_baseline", "non_subject") if k in ex), None)
             rows.append({"role": r, "stage": STAGES[self.stages[r]],
                          "threshold": self.thresholds.get(r), "n_tagged": len(self.tagged(r)),
                          "best_head": f"L{best[0]}H{best[1]}", "best_score": best[2],
+                         "ci_low": float(ex["ci_low"][lh]) if "ci_low" in ex else None,
+                         "ci_high": float(ex["ci_high"][lh]) if "ci_high" in ex else None,
+                         "control": ctrl,
+                         "control_value": float(ex[ctrl][lh]) if ctrl else None,
                          "dataset": self.evidence.get(r, {}).get("dataset", ""),
                          "n_confirmed": (sum(bool(c["confirmed"]) for c in self.confirmation[r]
                                              if c["tagged"]) if r in self.confirmation
