@@ -17,7 +17,7 @@ from conftest import native_bridge, toy_or_skip
 import futurelens_tl as fl
 from futurelens_tl.attention import prompts as P
 from futurelens_tl.attention.compare_heads import compare_heads
-from futurelens_tl.attention.datasets import repeated_tokens
+from futurelens_tl.attention.datasets import ioi_prompts, repeated_tokens
 from futurelens_tl.attention.heads import ROLES, tag_heads
 from futurelens_tl.attention.patching import directional_effects
 from futurelens_tl.attention.scores_task import TASK_ROLES, _syntax, task_scores
@@ -219,3 +219,35 @@ def test_compare_heads_after_a_short_fine_tune(toy):
     other = native_bridge(n_layers=1, d_model=16, n_heads=2, d_vocab=40)
     with pytest.raises(ValueError, match="differ in shape"):
         compare_heads(toy, other, roles=["copying"])
+
+
+def test_only_the_asked_ioi_role_runs(monkeypatch):
+    """Issue 15 bug: name_mover alone ran S-inhibition path patching (530 s on SmolLM2)."""
+    from futurelens_tl.attention import scores as S
+    from futurelens_tl.attention import scores_causal as C
+
+    seen = []
+    real = C.ioi_scores
+
+    def spy(view, data, **kw):
+        seen.append(kw.get("roles"))
+        return real(view, data, **kw)
+
+    monkeypatch.setattr(S, "ioi_scores", spy)
+    m = native_bridge(n_layers=2, d_model=16, n_heads=2, d_vocab=40, n_ctx=32)
+    tags = tag_heads(m, roles=["name_mover"], verbose=False)
+    assert seen == [("name_mover",)]
+    assert tags.roles == ["name_mover"]  # scored or unavailable, never S-inhibition
+    calls = []
+
+    def progress_spy(*a, **k):
+        calls.append(k.get("desc"))
+        return a[0]
+
+    monkeypatch.setattr(C, "progress", progress_spy)
+    d = ioi_prompts(8, d_vocab=40, seed=0)
+    try:
+        C.ioi_scores(fl.ModelView(m), d, roles=("name_mover",), verbose=False)
+    except ValueError as err:  # a random model does not do IOI: nothing else may run
+        assert "does not perform" in str(err)
+    assert "S-inhibition path patching" not in calls
