@@ -60,16 +60,28 @@ class HeadEffects:
     corrupted_metric: float | None
     n_forwards: int
     evidence: dict[str, Any] = field(default_factory=dict)
+    control_mean: Float[Tensor, "n_layers n_heads"] | None = None
+    control_std: Float[Tensor, "n_layers n_heads"] | None = None
+
+    @property
+    def control_z(self) -> Float[Tensor, "n_layers n_heads"] | None:
+        """``(effect - control_mean) / control_std`` (random-direction control), or None."""
+        if self.control_mean is None or self.control_std is None:
+            return None
+        return (self.effect - self.control_mean) / self.control_std.clamp_min(1e-12)
 
     def to_dataframe(self) -> Any:
-        """One row per head: layer, head, effect, normalized, method, site."""
+        """One row per head: layer, head, effect, normalized, method, site (and the control)."""
         import pandas as pd
 
         L, H = self.effect.shape
         return pd.DataFrame([
             {"layer": layer, "head": h, "effect": float(self.effect[layer, h]),
              "normalized": float(self.normalized[layer, h]), "method": self.method,
-             "site": self.site}
+             "site": self.site,
+             **({} if self.control_mean is None else {
+                 "control_mean": float(self.control_mean[layer, h]),
+                 "control_std": float(self.control_std[layer, h])})}  # type: ignore[index]
             for layer in range(L) for h in range(H)
         ])
 
@@ -358,23 +370,46 @@ def directional_effects(
     metric: Metric,
     *,
     alpha: float = 1.0,
+    sigma_scale: bool = False,
+    n_random: int = 0,
     heads: Sequence[tuple[int, int]] | None = None,
     positions: int | Sequence[int] | None = None,
     heads_per_forward: int | None = None,
+    seed: int = 0,
     verbose: bool = True,
 ) -> tuple[HeadEffects, HeadEffects]:
-    """Directional addition and subtraction in each head's output (reference §6.1).
+    """Directional addition and subtraction in each head's output (reference §6.1, §6.2).
 
     Adds (and separately subtracts) ``alpha * u`` to ``hook_z`` of one head at a time, batched
     over heads, and reports the metric change. ``direction`` is ``[d_head]`` (same for every
     head) or ``[n_layers, n_heads, d_head]`` (per head, e.g. probe directions from
     :func:`futurelens_tl.attention.probes.probe_heads`); it is normalised to unit length.
 
+    With ``sigma_scale=True`` the shift is ITI's ``alpha * sigma * u`` (Li et al. 2023):
+    ``sigma`` = standard deviation of the head's clean activations projected on ``u`` (over
+    examples and the steered positions), so ``alpha`` is in units of the head's natural spread
+    (ITI uses ``alpha = 15``). ``n_random > 0`` adds the control of §6.2: the same intervention
+    along ``n_random`` random unit directions per head (seeded; each scaled by its own
+    ``sigma`` when ``sigma_scale``), whose mean and std land in ``control_mean`` /
+    ``control_std`` (``control_z`` = how many control stds the real direction beats).
+
     Returns:
-        ``(added, subtracted)`` HeadEffects (``effect = m_steered - m_clean``).
+        ``(added, subtracted)`` HeadEffects (``effect = m_steered - m_clean``); ``evidence``
+        holds ``alpha``, ``sigma_scale`` and the per-head ``sigma`` when used.
 
     Raises:
-        ValueError: If ``direction`` has the wrong shape.
+        ValueError: If ``direction`` has the wrong shape, or ``n_random`` is negative.
+
+    Examples:
+        >>> import torch, futurelens_tl as fl
+        >>> model = fl.toy_model(verbose=False)
+        >>> tok = torch.randint(1, 100, (2, 8))
+        >>> metric = lambda logits: logits[:, -1].log_softmax(-1)[:, 5]
+        >>> from futurelens_tl.attention.patching import directional_effects
+        >>> add, sub = directional_effects(model, tok, torch.ones(model.cfg.d_head), metric,
+        ...     alpha=2.0, sigma_scale=True, n_random=1, heads=[(1, 0)], verbose=False)
+        >>> add.control_mean is not None
+        True
     """
     view = as_view(model)
     tokens = view.to_tokens(tokens, arg="tokens")
@@ -384,6 +419,8 @@ def directional_effects(
     if d.shape != (view.n_layers, view.n_heads, view.d_head):
         raise ValueError(f"direction has shape {tuple(d.shape)}; allowed [d_head={view.d_head}] "
                          f"or [n_layers, n_heads, d_head]")
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise ValueError(f"n_random={n_random!r} must be an int >= 0")
     u = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     heads_l = _check_heads(view, heads)
     pos = None
@@ -392,15 +429,52 @@ def directional_effects(
                               dtype=torch.long, device=view.device)
     b = tokens.shape[0]
     k = heads_per_forward or max(1, 256 // b)
-    with torch.no_grad():
-        m_clean = float(_metric_rows(metric, view.forward(tokens), b, 1)[0])
+    if sigma_scale:
+        logits, zs = _cache_site(view, tokens, "z")
+        z_all = torch.stack([zs[layer] for layer in range(view.n_layers)])  # [L, b, pos, H, dh]
+        if pos is not None:
+            z_all = z_all[:, :, pos]
+    else:
+        with torch.no_grad():
+            logits = view.forward(tokens)
+        FORWARD_COUNTER.passes += 1
+        z_all = None
+    m_clean = float(_metric_rows(metric, logits, b, 1)[0])
+
+    def _sigma(dirs: Tensor) -> Tensor:
+        """``[L, H]`` std of the clean activations projected on ``dirs`` (1 without scaling)."""
+        if z_all is None:
+            return torch.ones(view.n_layers, view.n_heads, device=view.device, dtype=dirs.dtype)
+        proj = torch.einsum("lbphd,lhd->lhbp", z_all.to(dirs.dtype), dirs)
+        return proj.flatten(2).std(-1)
+
+    def _run(dirs: Tensor, sign: float, name: str) -> tuple[Tensor, int]:
+        shift = alpha * _sigma(dirs)[..., None] * dirs  # [L, H, dh]
+        return _intervene(view, tokens, heads_l,
+                          lambda layer, h, cur, r, _s=sign: cur + _s * shift[layer, h],
+                          metric, site="z", positions=pos, heads_per_forward=k,
+                          verbose=verbose, desc=f"directional {name}")
+
+    g = torch.Generator().manual_seed(seed)
+    rand = [torch.randn(view.n_layers, view.n_heads, view.d_head, generator=g).to(u)
+            for _ in range(n_random)]
+    rand = [r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12) for r in rand]
+    sig = _sigma(u)
     out = []
     for sign, name in ((1.0, "add"), (-1.0, "subtract")):
-        vals, nf = _intervene(view, tokens, heads_l,
-                              lambda layer, h, cur, r, _s=sign: cur + _s * alpha * u[layer, h],
-                              metric, site="z", positions=pos, heads_per_forward=k,
-                              verbose=verbose, desc=f"directional {name}")
+        vals, nf = _run(u, sign, name)
         eff = (vals - m_clean).float()
+        ctrl = [(_run(r, sign, f"{name} (random control)")) for r in rand]
+        nf += sum(c[1] for c in ctrl)
+        cm = cs = None
+        if ctrl:
+            cv = torch.stack([(c[0] - m_clean).float() for c in ctrl])
+            cm = cv.mean(0)
+            cs = cv.std(0) if len(ctrl) > 1 else torch.zeros_like(cm)
+        ev = {"n_examples": b, "alpha": alpha, "sigma_scale": sigma_scale,
+              "n_random": n_random, "seed": seed}
+        if sigma_scale:
+            ev["sigma"] = sig.float().cpu().tolist()
         out.append(HeadEffects(eff, eff / max(abs(m_clean), 1e-12), name, "z", m_clean, None,
-                               nf + 1, {"n_examples": b, "alpha": alpha}))
+                               nf + 1, ev, cm, cs))
     return out[0], out[1]

@@ -5,10 +5,14 @@ Three evidence channels, kept separate (reference ``head-roles.md`` §7):
 * **pattern** scores read ``blocks.{l}.attn.hook_pattern``; all of them for one probe dataset
   come from **one** no-grad forward per batch (:func:`pattern_scores`), reduced layer by layer
   inside the hook so no layer's patterns are kept after the reduction;
-* **weights** scores (copying, successor, copy suppression) need no forward through the stack
-  beyond the effective embeddings (one batched forward of lone tokens);
-* **causal** scores (retrieval by greedy decoding, IOI name movers and S-inhibition by
-  patching) live here too and use :mod:`futurelens_tl.attention.patching` helpers.
+* **weights** scores (copying, successor, copy suppression, K-composition) live in
+  :mod:`futurelens_tl.attention.scores_weights`;
+* **causal** scores (retrieval, IOI name movers and S-inhibition) live in
+  :mod:`futurelens_tl.attention.scores_causal`; task-prompt roles (memory, negative,
+  amplification, in-context, syntactic, ...) in :mod:`futurelens_tl.attention.scores_task`.
+
+This module keeps the pattern scores and re-exports the others, so ``scores.copying_scores``
+and friends stay where users found them.
 
 Conventions: ``A[b, h, i, j]`` attention from query ``i`` to key ``j``; position 0 is BOS.
 """
@@ -16,8 +20,7 @@ Conventions: ``A[b, h, i, j]`` attention from query ``i`` to key ``j``; position
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,6 +28,17 @@ from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from futurelens_tl.attention.datasets import ProbeData
+from futurelens_tl.attention.role_score import RoleScore
+from futurelens_tl.attention.scores_causal import ioi_scores, retrieval_scores
+from futurelens_tl.attention.scores_weights import (
+    copy_suppression_scores,
+    copying_scores,
+    effective_embeddings,
+    k_composition_baseline,
+    k_composition_scores,
+    subword_merge_layer0,
+    successor_scores,
+)
 from futurelens_tl.data import FORWARD_COUNTER, progress
 from futurelens_tl.model import ModelView
 
@@ -32,7 +46,9 @@ __all__ = [
     "RoleScore",
     "copy_suppression_scores",
     "copying_scores",
+    "duplicate_mask",
     "effective_embeddings",
+    "induction_mask",
     "ioi_scores",
     "k_composition_baseline",
     "k_composition_scores",
@@ -42,30 +58,6 @@ __all__ = [
     "successor_scores",
     "tl_detection_score",
 ]
-
-
-@dataclass
-class RoleScore:
-    """One role's score for every head.
-
-    Attributes:
-        role: Role name (see :data:`futurelens_tl.attention.heads.ROLES`).
-        scores: ``[n_layers, n_heads]``; NaN where the role does not apply to a head.
-        threshold: Default tagging threshold (``score >= threshold``), or None (rank only).
-        threshold_source: Where the threshold comes from (paper, or "none published: ...").
-        channel: ``"pattern"``, ``"weights"``, ``"causal"`` or ``"probe"``.
-        evidence: Dataset name, number of examples, seed and other facts the score rests on.
-        extras: Further ``[n_layers, n_heads]`` statistics (TL-compatible scores, best offset,
-            non-BOS mass, chance rates, ...).
-    """
-
-    role: str
-    scores: Float[Tensor, "n_layers n_heads"]
-    threshold: float | None
-    threshold_source: str
-    channel: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- detection masks
@@ -352,455 +344,3 @@ def pattern_scores(
             "none published (TL Head_Detector demo ranks): 0.4 = our stripe convention",
             "pattern", ev)
     return out
-
-
-# ---------------------------------------------------------------------------- weight scores
-def copying_scores(view: ModelView) -> RoleScore:
-    r"""OV eigenvalue copying score $\\sum\\mathrm{Re}\\,\\lambda / \\sum|\\lambda|$ (§4.1, Elhage).
-
-    Uses the full circuit $W_E W_V W_O W_U$ via its small cyclic product
-    $W_O W_U W_E W_V$ (``d_head x d_head``, the same non-zero eigenvalues). Needs no data.
-    Threshold: none published (positive = copying); we tag at 0.5, and say so.
-    """
-    we = view.W_E.detach().double()
-    wu = view.W_U.detach().double()
-    wv = view.W_V.detach().double()
-    wo = view.W_O.detach().double()
-    mid = wu @ we  # [d_model, d_model] (U then E in the cyclic product)
-    small = torch.einsum("lhem,mn,lhnf->lhef", wo, mid, wv)  # W_O (W_U W_E) W_V
-    ev = torch.linalg.eigvals(small)
-    score = ev.real.sum(-1) / ev.abs().sum(-1).clamp_min(1e-30)
-    return RoleScore("copying", score.float(), 0.5,
-                     "none published (Elhage et al. 2021: > 0 = copying); ours, 0.5", "weights",
-                     {"dataset": "none (weights only)", "n_examples": 0, "seed": None})
-
-
-def _reading_weights(view: ModelView, layer: int, w: Tensor) -> Tensor:
-    """Fold block ``layer``'s attention-input norm into reading weights ``[H, d_model, d_head]``.
-
-    The gain scales rows; LayerNorm's centring projects out the all-ones direction (what TL's
-    ``fold_ln`` + ``center_weights`` do), so raw and processed bases give the same scores.
-    """
-    norm = view.ln1(layer)
-    w = w.double()
-    if norm.w is not None:
-        w = w * norm.w.detach().double()[None, :, None]
-    if norm.kind == "LN":
-        w = w - w.mean(1, keepdim=True)
-    return w
-
-
-def k_composition_scores(view: ModelView) -> Float[Tensor, "n_layers n_heads n_layers n_heads"]:
-    r"""K-composition of every head pair, from the weights alone (§3.5).
-
-    The score is $\lVert W_{OV}^A W_{QK}^{B\top}\rVert_F /
-    (\lVert W_{OV}^A\rVert_F \lVert W_{QK}^{B}\rVert_F)$.
-    ``out[l1, h1, l2, h2]`` is how much head ``(l1, h1)``'s output feeds the keys of head
-    ``(l2, h2)``; zero unless ``l2 > l1`` (TL ``all_composition_scores("K")`` convention). The
-    attention-input norms are folded into ``W_V``, ``W_Q`` and ``W_K`` (:func:`_reading_weights`)
-    and, under LayerNorm, ``W_O`` is centred, so the raw and processed bases give the same
-    scores and match TL on a processed model.
-    Computed exactly from ``d_head x d_head`` Gram matrices (no ``d_model x d_model`` product):
-    $\lVert W_V W_O W_K W_Q^\top\rVert_F^2 = \mathrm{tr}(M^\top G_V M G_Q)$ with
-    $M = W_O W_K$, $G_V = W_V^\top W_V$, $G_Q = W_Q^\top W_Q$. Needs no data.
-    """
-    L, H = view.n_layers, view.n_heads
-    wv = torch.stack([_reading_weights(view, x, view.W_V[x].detach()) for x in range(L)])
-    wo = view.W_O.detach().double()  # [L, H, dh, d]
-    if view.ln1(0).kind == "LN":  # the mean direction is invisible to every LN reader
-        wo = wo - wo.mean(-1, keepdim=True)  # (TL's center_writing_weights)
-    gv = wv.transpose(-1, -2) @ wv
-    ov_norm = torch.einsum("lhab,lhba->lh", gv, wo @ wo.transpose(-1, -2)).clamp_min(0).sqrt()
-    out = torch.zeros(L, H, L, H, dtype=torch.float64)
-    for l2 in range(1, L):
-        wk = _reading_weights(view, l2, view.W_K[l2].detach())  # [H, d, dh]
-        wq = _reading_weights(view, l2, view.W_Q[l2].detach())
-        gq = wq.transpose(-1, -2) @ wq
-        gk = wk.transpose(-1, -2) @ wk
-        qk_norm = torch.einsum("hab,hba->h", gk, gq).clamp_min(0).sqrt()  # [H]
-        m = torch.einsum("aei,bid->abed", wo[:l2].reshape(-1, *wo.shape[2:]), wk)  # [A, H, dh, dh]
-        t = torch.einsum("aeg,abgh->abeh", gv[:l2].reshape(-1, *gv.shape[2:]), m) @ gq
-        num = (m * t).sum((-1, -2)).clamp_min(0).sqrt()  # [A, H]
-        den = ov_norm[:l2].reshape(-1, 1) * qk_norm[None]
-        out[:l2, :, l2] = (num / den.clamp_min(1e-30)).reshape(l2, H, H)
-    return out.float()
-
-
-def k_composition_baseline(view: ModelView, n_samples: int = 16, seed: int = 0) -> float:
-    """Mean K-composition of Gaussian matrices shaped like this model's heads (random baseline).
-
-    Scores near this value carry no evidence of composition (§7: compare to a random baseline
-    where no threshold is published).
-    """
-    g = torch.Generator().manual_seed(seed)
-    d, dh = view.d_model, view.d_head
-    vals = []
-    for _ in range(n_samples):
-        wv, wo, wk, wq = (torch.randn(*shape, generator=g, dtype=torch.float64)
-                          for shape in ((d, dh), (dh, d), (d, dh), (d, dh)))
-        ov = wv @ wo
-        qk_t = wk @ wq.T
-        vals.append(float(torch.linalg.norm(ov @ qk_t) / (torch.linalg.norm(ov)
-                                                             * torch.linalg.norm(qk_t))))
-    return sum(vals) / len(vals)
-
-
-def effective_embeddings(
-    view: ModelView, token_ids: Int[Tensor, " n"], batch_size: int = 1024
-) -> Float[Tensor, "n d_model"]:
-    """Effective embeddings $W_{EE}$ (reference §4.3), batched with hooks.
-
-    The residual after block 0 for each lone token with positions and layer-0 attention
-    zero-ablated (one forward per batch of tokens).
-    """
-    out = []
-    hooks: list[tuple[str, Callable[..., Any]]] = [
-        (view.attn_hook(0, "z"), lambda z, hook: torch.zeros_like(z)),
-    ]
-    if view.W_pos is not None:
-        hooks.append(("hook_pos_embed", lambda x, hook: torch.zeros_like(x)))
-    name = view.resid_hook(0)
-    store: list[Tensor] = []
-    hooks.append((name, lambda x, hook: store.append(x.detach()) or x))
-    ids = token_ids.to(view.device).long()
-    with torch.no_grad():
-        for s in range(0, len(ids), batch_size):
-            chunk = ids[s:s + batch_size, None]
-            store.clear()
-            view.run_with_hooks(chunk, hooks)
-            FORWARD_COUNTER.passes += 1
-            FORWARD_COUNTER.tokens += chunk.numel()
-            out.append(store[0][:, 0])
-    return torch.cat(out)
-
-
-def _head_ov_out(view: ModelView, layer: int, x: Float[Tensor, "n d_model"]
-                 ) -> Float[Tensor, "n n_heads d_model"]:
-    """Each head's output for a lone source vector ``x`` (attention 1 on it): LN1, W_V+b_V, W_O."""
-    xn = view.ln1(layer)(x)
-    v = torch.einsum("nm,hmd->nhd", xn, view.W_V[layer]) + view.b_V[layer]
-    return torch.einsum("nhd,hdm->nhm", v, view.W_O[layer])
-
-
-def successor_scores(
-    view: ModelView, families: Sequence[Sequence[int]]
-) -> RoleScore:
-    """Successor score (Gould et al. 2023, reference §4.2).
-
-    Fraction of ordinal tokens ``t`` whose top-1 logit among ``t``'s family, through the
-    head's effective OV circuit (effective embedding -> LN1 -> OV -> final LN -> ``W_U``),
-    is ``succ(t)``.
-
-    The last member of each family has no successor and is skipped. No threshold is published
-    (best head per model); we tag at 0.5 and record that.
-
-    Raises:
-        ValueError: If no family has at least 3 tokens.
-    """
-    fams = [list(map(int, f)) for f in families if len(f) >= 3]
-    if not fams:
-        raise ValueError("successor needs ordinal families (lists of >= 3 token ids in order); "
-                         "pass families=... or a model whose tokenizer has single-token ordinals")
-    all_ids = torch.tensor(sorted({t for f in fams for t in f}))
-    wee = effective_embeddings(view, all_ids)
-    pos = {t: i for i, t in enumerate(all_ids.tolist())}
-    L, H = view.n_layers, view.n_heads
-    hits = torch.zeros(L, H)
-    total = 0
-    with torch.no_grad():
-        for layer in range(L):
-            o = _head_ov_out(view, layer, wee)  # [n, H, d]
-            normed = view.ln_final(o)
-            for f in fams:
-                sub = normed @ view.W_U[:, f] + view.b_U[f]  # [n, H, |f|] family columns only
-                for k, t in enumerate(f[:-1]):
-                    top = sub[pos[t]].argmax(-1)  # [H]
-                    hits[layer] += (top == k + 1).float().cpu()
-                    if layer == 0:
-                        total += 1
-    return RoleScore("successor", hits / max(total, 1), 0.5,
-                     "none published (Gould et al.: best head per model); ours, 0.5", "weights",
-                     {"dataset": "ordinal families", "n_examples": total, "seed": None,
-                      "n_families": len(fams)})
-
-
-def copy_suppression_scores(
-    view: ModelView, token_ids: Int[Tensor, " n"] | None = None, *, k: int = 10,
-    max_tokens: int = 512, seed: int = 0, chunk: int = 64,
-) -> RoleScore:
-    """Copy-suppression OV and QK statistics with effective embeddings (McDougall et al., §4.3).
-
-    Tokens: ``token_ids`` or a seeded sample of ``max_tokens`` vocabulary ids; ranks are taken
-    within that sample.
-
-    * OV (the score): fraction of source tokens ``s`` whose own logit, through the head's OV
-      circuit and the final LN + ``W_U``, is among the ``k`` most negative outputs.
-    * QK (``extras["qk"]``): query = unembedding direction of ``t`` (through LN1 with the final
-      LN's scale left out; the exact row scaling is unverified in the reference), key = LN1 of
-      ``W_EE[s]``; fraction of ``t`` whose row maximum is ``s = t``.
-    ``extras["chance"]`` = ``k / n`` for the OV statistic. Threshold: none published; 0.5 is
-    ours (the paper's head reaches 0.847 on GPT-2 small).
-    """
-    g = torch.Generator().manual_seed(seed)
-    if token_ids is None:
-        n = min(view.d_vocab, max_tokens)
-        token_ids = torch.randperm(view.d_vocab, generator=g)[:n].sort().values
-    ids = token_ids.long()
-    wee = effective_embeddings(view, ids)
-    L, H = view.n_layers, view.n_heads
-    ov = torch.zeros(L, H)
-    qk = torch.zeros(L, H)
-    idx = ids.to(view.device)
-    wu_s, bu_s = view.W_U[:, idx], view.b_U[idx]
-    with torch.no_grad():
-        for layer in range(L):
-            hits = torch.zeros(H)
-            for c0 in range(0, len(idx), chunk):  # [chunk, H, n] logits at a time
-                o = _head_ov_out(view, layer, wee[c0:c0 + chunk])
-                logits = view.ln_final(o) @ wu_s + bu_s  # only the sampled columns
-                ar = torch.arange(logits.shape[0], device=logits.device)
-                own = logits[ar, :, c0 + ar]  # [chunk, H]
-                rank_from_bottom = (logits < own[..., None]).sum(-1)  # [chunk, H]
-                hits += (rank_from_bottom < k).float().sum(0).cpu()
-            ov[layer] = hits / len(idx)
-            u = view.W_U[:, idx].T  # [n, d]
-            un = view.ln1(layer)(u)
-            q = torch.einsum("nm,hmd->nhd", un, view.W_Q[layer]) + view.b_Q[layer]
-            kk = torch.einsum("nm,hmd->nhd", view.ln1(layer)(wee), view.W_K[layer]) + view.b_K[
-                layer]
-            sc = torch.einsum("thd,shd->hts", q, kk)
-            qk[layer] = (sc.argmax(-1) == torch.arange(len(idx), device=sc.device)).float().mean(
-                -1).cpu()
-    n_tok = len(ids)
-    return RoleScore("copy_suppression", ov, 0.5,
-                     "none published (McDougall et al. 2023: reference 84.7 %); ours, 0.5",
-                     "weights",
-                     {"dataset": "vocabulary sample", "n_examples": n_tok, "seed": seed, "k": k},
-                     {"qk": qk, "chance": torch.full((L, H), min(1.0, k / n_tok))})
-
-
-def subword_merge_layer0(view: ModelView, tokens: Int[Tensor, "batch pos"]) -> Tensor | None:
-    """Per-head mean detokenization AUROC of layer 0 (weights; ``layer0-decomposition.md`` §8).
-
-    Calls :func:`futurelens_tl.attention.layer0.detokenization_scores` with the bigram counts of
-    ``tokens`` (used only to evaluate the weight-only score). Returns ``[n_heads]``, or None when
-    the layer-0 module is unavailable or does not apply (e.g. rotary positions).
-    """
-    try:
-        from futurelens_tl.attention.layer0 import (  # noqa: PLC0415
-            count_bigrams,
-            detokenization_scores,
-        )
-
-        counts = count_bigrams(tokens.cpu(), view.d_vocab, verbose=False)
-        res = detokenization_scores(view.model, counts)
-    except Exception:  # module not landed, or the decomposition does not apply to this model
-        return None
-    t = torch.as_tensor(res, dtype=torch.float32).reshape(-1)
-    return t if t.numel() == view.n_heads else None
-
-
-# ---------------------------------------------------------------------------- causal scores
-def retrieval_scores(
-    view: ModelView, data: ProbeData, *, batch_size: int = 16, recall_min: float = 0.5,
-    verbose: bool = True,
-) -> RoleScore:
-    """Retrieval score (Wu et al. 2024, reference §5.2) on token-level haystacks.
-
-    Greedy decoding of ``len(answer)`` tokens (one forward per step over the whole batch, only
-    the last query row of every pattern kept). At each step a head hits when its top-1
-    attended key lies in the needle span and the generated token equals the prompt token
-    there; each hit adds ``1/needle_len``. A sample counts when its recall of the answer
-    tokens is > ``recall_min``; score = mean per-sample score over counted samples (0 when
-    none counts; ``evidence["n_counted"]``). Threshold 0.1 (Wu et al.).
-    """
-    if data.name != "haystack_prompts" or "needle_start" not in data.meta:
-        raise ValueError("retrieval needs haystack_prompts(...) data (needle spans in meta)")
-    L, H = view.n_layers, view.n_heads
-    total = torch.zeros(L, H, dtype=torch.float64)
-    n_counted = 0
-    steps = data.meta["answer"].shape[1]
-    needle_len = data.meta["needle"].shape[1]
-    names = [view.attn_hook(layer, "pattern") for layer in range(L)]
-    for s in progress(range(0, data.n, batch_size), verbose=verbose, desc="retrieval"):
-        tok = data.tokens[s:s + batch_size].to(view.device)
-        b = tok.shape[0]
-        a0 = data.meta["needle_start"][s:s + batch_size].to(view.device)
-        answer = data.meta["answer"][s:s + batch_size].to(view.device)
-        score = torch.zeros(b, L, H, device=view.device, dtype=torch.float64)
-        gen = []
-        for _step in range(steps):
-            last: dict[int, Tensor] = {}
-
-            def hook(p: Tensor, hook: Any, _last: dict[int, Tensor] = last) -> Tensor:
-                _last[int(hook.name.split(".")[1])] = p[:, :, -1].argmax(-1)  # [b, H]
-                return p
-
-            with torch.no_grad():
-                logits = view.run_with_hooks(tok, [(n, hook) for n in names])
-            FORWARD_COUNTER.passes += 1
-            FORWARD_COUNTER.tokens += tok.numel()
-            nxt = logits[:, -1].argmax(-1)
-            gen.append(nxt)
-            for layer in range(L):
-                p = last[layer]  # [b, H]
-                inside = (p >= a0[:, None]) & (p < a0[:, None] + needle_len)
-                same = tok.gather(1, p) == nxt[:, None]
-                score[:, layer] += (inside & same).double() / needle_len
-            tok = torch.cat([tok, nxt[:, None]], 1)
-            if tok.shape[1] > view.n_ctx:
-                raise ValueError("haystack prompts + answer exceed n_ctx; shorten the prompts")
-        g = torch.stack(gen, 1)
-        recall = (g[:, :, None] == answer[:, None, :]).any(1).float().mean(-1)
-        ok = recall > recall_min
-        total += score[ok].sum(0).cpu()
-        n_counted += int(ok.sum())
-    sc = (total / max(n_counted, 1)).float()
-    ev = {**data.describe(), "n_counted": n_counted}
-    return RoleScore("retrieval", sc, 0.1, "Wu et al. 2024 (> 0.1)", "causal", ev)
-
-
-def _logit_diff(logits: Tensor, end: Tensor, io: Tensor, s: Tensor) -> Tensor:
-    ar = torch.arange(logits.shape[0], device=logits.device)
-    last = logits[ar, end]
-    return last[ar, io] - last[ar, s]
-
-
-def _frozen_final(view: ModelView, delta: Tensor, scale: Tensor) -> Tensor:
-    """The final norm applied to an additive piece ``delta`` with the clean run's scale frozen."""
-    ln = view.ln_final
-    if ln.kind == "LN":
-        delta = delta - delta.mean(-1, keepdim=True)
-    if ln.kind is not None:
-        delta = delta / scale
-        if ln.w is not None:
-            delta = delta * ln.w
-    return delta
-
-
-def ioi_scores(
-    view: ModelView, data: ProbeData, *, n_receivers: int = 3, heads_per_forward: int = 32,
-    verbose: bool = True,
-) -> dict[str, RoleScore]:
-    """Name-mover and S-inhibition scores on IOI prompts with an ABC corruption (§5.1).
-
-    * ``name_mover``: path patching from each head to the logits along the direct path only:
-      the change of the IO-S logit difference at END when the head's output at END is replaced
-      by its corrupted value, through the final norm with the clean scale frozen, divided by the
-      clean-corrupted gap (positive = the head writes IO over S). ``extras["attn_end_to_io"]``
-      is the cheap attention signature.
-    * ``s_inhibition``: path patching from each sender head to the **queries** of the top
-      ``n_receivers`` name movers at END: the receiver queries are recomputed from the clean
-      residual plus the sender's corrupted-minus-clean output (LN1 re-applied), everything else
-      stays clean; score = drop of the logit difference / gap. Heads in or after the last
-      receiver layer are NaN. ``extras["attn_end_to_s2"]``.
-
-    Thresholds: none published (roles are ranked by path-patching magnitude); we tag at 0.1
-    (10 % of the gap) and say so.
-    """
-    need = {"io", "s", "end_pos", "s2_pos", "io_pos", "corrupted"}
-    if data.name != "ioi_prompts" or not need <= set(data.meta):
-        raise ValueError("name_mover / s_inhibition need ioi_prompts(...) data")
-    L, H = view.n_layers, view.n_heads
-    dev = view.device
-    clean = data.tokens.to(dev)
-    corr = data.meta["corrupted"].to(dev)
-    io, s = data.meta["io"].to(dev), data.meta["s"].to(dev)
-    end = data.meta["end_pos"].to(dev)
-    b = clean.shape[0]
-    ar = torch.arange(b, device=dev)
-    z_names = [view.attn_hook(layer, "z") for layer in range(L)]
-    p_names = [view.attn_hook(layer, "pattern") for layer in range(L)]
-    pre_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)]
-    last = view.resid_hook(L - 1)
-    with torch.no_grad():
-        lc, cc = view.run_with_cache(clean, z_names + p_names + pre_names + [last])
-        lr, cr = view.run_with_cache(corr, z_names)
-    FORWARD_COUNTER.passes += 2
-    FORWARD_COUNTER.tokens += 2 * clean.numel()
-    ld_clean = _logit_diff(lc, end, io, s).double()
-    ld_corr = _logit_diff(lr, end, io, s).double()
-    gap = float((ld_clean - ld_corr).mean())
-    acc = float((ld_clean > 0).double().mean())
-    if not (gap > 0 and float(ld_clean.mean()) > 0 and acc >= 0.6):
-        raise ValueError(
-            f"the model does not perform the IOI task on these prompts (clean IO-S logit "
-            f"difference {float(ld_clean.mean()):.3f}, accuracy {acc:.2f}, clean-corrupted gap "
-            f"{gap:.3f}); name-mover / S-inhibition scores would be noise")
-    scale = view.ln_final.scale(cc[last][ar, end])  # [b, 1]
-    udiff = (view.W_U[:, io] - view.W_U[:, s]).T  # [b, d_model]
-    nm = torch.zeros(L, H, dtype=torch.float64)
-    attn_io = torch.zeros(L, H)
-    attn_s2 = torch.zeros(L, H)
-    with torch.no_grad():
-        for layer in range(L):
-            dz = cc[z_names[layer]][ar, end] - cr[z_names[layer]][ar, end]  # [b, H, d_head]
-            out = torch.einsum("bhd,hdm->bhm", dz, view.W_O[layer])
-            de = (_frozen_final(view, out, scale[:, None]) * udiff[:, None]).sum(-1)  # [b, H]
-            nm[layer] = de.double().mean(0).cpu() / gap
-            pat = cc[p_names[layer]]  # [b, H, q, k]
-            attn_io[layer] = pat[ar, :, end, data.meta["io_pos"].to(dev)].mean(0).cpu()
-            attn_s2[layer] = pat[ar, :, end, data.meta["s2_pos"].to(dev)].mean(0).cpu()
-    ev = {**data.describe(), "gap_logit_diff": gap, "clean_logit_diff": float(ld_clean.mean()),
-          "ioi_accuracy": acc}
-    res = {"name_mover": RoleScore(
-        "name_mover", nm.float(), 0.1,
-        "none published (Wang et al. 2022 rank by path patching); ours, 0.1 of the gap",
-        "causal", ev, {"attn_end_to_io": attn_io})}
-
-    # S-inhibition: path patching to the name movers' queries
-    flat = torch.nan_to_num(nm, nan=-math.inf).flatten()
-    order = flat.argsort(descending=True)[:n_receivers]
-    receivers = [(int(i) // H, int(i) % H) for i in order if int(i) // H > 0]
-    sinh = torch.full((L, H), float("nan"), dtype=torch.float64)
-    if receivers:
-        max_rl = max(r[0] for r in receivers)
-        senders = [(layer, h) for layer in range(max_rl) for h in range(H)]
-        wq = view.W_Q
-        bq_unused = None
-        del bq_unused
-        for i0 in progress(range(0, len(senders), heads_per_forward), verbose=verbose,
-                           desc="S-inhibition path patching"):
-            chunk = senders[i0:i0 + heads_per_forward]
-            k = len(chunk)
-            # delta of each sender's output at END: [k, b, d_model]
-            deltas = torch.stack([
-                torch.einsum("bd,dm->bm",
-                             cr[z_names[sl]][ar, end, sh] - cc[z_names[sl]][ar, end, sh],
-                             view.W_O[sl, sh]) for sl, sh in chunk])
-
-            def make_hook(rl: int, rheads: list[int], _chunk: list[tuple[int, int]] = chunk,
-                          _deltas: Tensor = deltas) -> Callable[..., Tensor]:
-                def hook(q: Tensor, hook: Any) -> Tensor:
-                    q = q.clone()
-                    resid = cc[pre_names[rl]][ar, end]  # [b, d]
-                    ln = view.ln1(rl)
-                    base = ln(resid)
-                    for r, (sl, _sh) in enumerate(_chunk):
-                        if sl >= rl:
-                            continue
-                        dq = ln(resid + _deltas[r]) - base  # [b, d]
-                        rows = slice(r * b, (r + 1) * b)
-                        for rh in rheads:
-                            q[rows][ar, end, rh] += dq @ wq[rl, rh]
-                    return q
-                return hook
-
-            by_l: dict[int, list[int]] = {}
-            for rl, rh in receivers:
-                by_l.setdefault(rl, []).append(rh)
-            hooks = [(view.attn_hook(rl, "q"), make_hook(rl, rh)) for rl, rh in by_l.items()]
-            with torch.no_grad():
-                logits = view.run_with_hooks(clean.repeat(k, 1), hooks)
-            FORWARD_COUNTER.passes += 1
-            FORWARD_COUNTER.tokens += k * clean.numel()
-            for r, (sl, sh) in enumerate(chunk):
-                lg = logits[r * b:(r + 1) * b]
-                ld = _logit_diff(lg, end, io, s).double().mean()
-                sinh[sl, sh] = (float(ld_clean.mean()) - ld) / gap
-    res["s_inhibition"] = RoleScore(
-        "s_inhibition", sinh.float(), 0.1,
-        "none published (Wang et al. 2022 rank by path patching to name-mover queries); "
-        "ours, 0.1 of the gap", "causal", {**ev, "receivers": receivers},
-        {"attn_end_to_s2": attn_s2})
-    return res

@@ -19,7 +19,10 @@ __all__ = ["attention_heads_html", "heatmap_html", "role_colors", "role_grid_fig
 
 _PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
             "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#d62728", "#2ca02c", "#9467bd",
-            "#8c564b", "#17becf"]
+            "#8c564b", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#ffbb78",
+            "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#dbdb8d", "#9edae5", "#393b79",
+            "#637939", "#8c6d31"]
+"""Thirty distinct colours: every shipped role (25) gets its own."""
 
 
 def role_colors(roles: Sequence[str]) -> dict[str, str]:
