@@ -140,7 +140,7 @@ def _flagify(message: str) -> str:
 
 # ------------------------------------------------------------------------------- commands
 def _load(args: argparse.Namespace) -> Any:
-    from futurelens_tl.model import load_model
+    from futurelens_tl.models import load_model
 
     return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                       verbose=not args.quiet)
@@ -148,7 +148,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def cmd_info(args: argparse.Namespace) -> int:
     _check_model(args)
-    from futurelens_tl.model import as_view
+    from futurelens_tl.models.view import as_view
 
     print(json.dumps(as_view(_load(args)).describe(), indent=2))
     return 0
@@ -213,7 +213,7 @@ def cmd_train_lens(args: argparse.Namespace) -> int:
 
 
 def cmd_toy(args: argparse.Namespace) -> int:
-    from futurelens_tl.model import as_view
+    from futurelens_tl.models.view import as_view
     from futurelens_tl.toy import toy_model
 
     model = toy_model(seed=args.seed, retrain=args.retrain, verbose=not args.quiet)

@@ -24,11 +24,9 @@ KL are undefined: -1 / NaN / 0 / NaN).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,105 +48,11 @@ from futurelens_tl.lenses.reduction import (
     reduce_readout,
     scratch_for,
 )
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
+from futurelens_tl.results import LayerReadout, LensComparison, LensReadouts
 
 __all__ = ["LayerReadout", "LensComparison", "LensReadouts", "compare", "run_with_lenses"]
 
-@dataclass
-class LayerReadout:
-    """Reduced readout of one lens at one layer, for every ``[batch, position]`` cell.
-
-    Attributes:
-        top_ids: ``[batch, pos, k]`` top-k token ids.
-        top_probs: ``[batch, pos, k]`` their probabilities.
-        entropy: ``[batch, pos]`` entropy (nats).
-        kl: ``[batch, pos]`` KL(final(t + n_ahead) || lens(t)) (nats; NaN where undefined).
-        target_ids: ``[batch, pos]`` target token ids (-1 where undefined), or None.
-        target_log_probs: ``[batch, pos]`` log-prob of the target (NaN where undefined).
-        target_ranks: ``[batch, pos]`` 1-based full-vocabulary rank (0 where undefined).
-        log_probs: ``[batch, pos, vocab]`` only with ``return_log_probs=True``.
-    """
-
-    top_ids: Tensor
-    top_probs: Tensor
-    entropy: Tensor
-    kl: Tensor
-    target_ids: Tensor | None = None
-    target_log_probs: Tensor | None = None
-    target_ranks: Tensor | None = None
-    log_probs: Tensor | None = None
-
-
-@dataclass
-class LensReadouts:
-    """Per lens and layer reduced readouts from :func:`run_with_lenses`.
-
-    Index with ``readouts["logit"][3]`` or ``readouts["logit", 3]``.
-
-    Attributes:
-        data: ``{lens name: {layer: LayerReadout}}``.
-        positions: Positions that were read (``[P]`` ints).
-        k: Top-k size.
-        meta: Lens metadata (``n_ahead``, ``token_fed``) and run info (``lengths``: the real
-            length of each sequence).
-        valid: ``[batch, P]`` bool, ``False`` at padded cells (position past the end of a
-            shorter sequence of a mixed-length batch); every cell is valid for equal lengths.
-            Values at invalid cells are padding artefacts: filter them out
-            (``to_dataframe()`` has a ``valid`` column).
-    """
-
-    data: dict[str, dict[int, LayerReadout]]
-    positions: list[int]
-    k: int
-    meta: dict[str, Any] = field(default_factory=dict)
-    valid: Tensor | None = None
-
-    def __getitem__(self, key: str | tuple[str, int]) -> Any:
-        if isinstance(key, tuple):
-            name, layer = key
-            return self[name][layer]
-        if key not in self.data:
-            raise KeyError(f"no lens named {key!r}; have {list(self.data)}")
-        return self.data[key]
-
-    def __iter__(self) -> Any:
-        return iter(self.data)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    @property
-    def lenses(self) -> list[str]:
-        return list(self.data)
-
-    def to_dataframe(self) -> Any:
-        """Long table: one row per lens, layer, batch, position (top-1, target stats, KL...)."""
-        import pandas as pd
-
-        frames = []
-        for name, layers in self.data.items():
-            for layer, r in layers.items():
-                B, P = r.entropy.shape
-                d = {
-                    "lens": name, "layer": layer,
-                    "batch": torch.arange(B).repeat_interleave(P).numpy(),
-                    "pos": torch.tensor(self.positions).repeat(B).numpy(),
-                    "top1_id": r.top_ids[..., 0].reshape(-1).cpu().numpy(),
-                    "top1_prob": r.top_probs[..., 0].reshape(-1).float().cpu().numpy(),
-                    "entropy": r.entropy.reshape(-1).float().cpu().numpy(),
-                    "kl": r.kl.reshape(-1).float().cpu().numpy(),
-                }
-                if self.valid is not None:
-                    d["valid"] = self.valid.reshape(-1).cpu().numpy()
-                if r.target_ids is not None:
-                    d["target_id"] = r.target_ids.reshape(-1).cpu().numpy()
-                    d["target_log_prob"] = r.target_log_probs.reshape(-1).float().cpu().numpy()
-                    d["target_rank"] = r.target_ranks.reshape(-1).cpu().numpy()
-                frames.append(pd.DataFrame(d))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-# ---------------------------------------------------------------------- validation helpers
 def _as_lenses(lenses: Any, view: ModelView) -> list[Lens]:
     if isinstance(lenses, Lens):
         lenses = [lenses]
@@ -492,92 +396,6 @@ def run_with_lenses(
 
 
 # ---------------------------------------------------------------------- compare
-@dataclass
-class LensComparison:
-    """Side-by-side lens readouts for one prompt: the layer x position grid (§A.4).
-
-    Attributes:
-        grid: The JSON-ready lens-grid dict (contract in ``futurelens_tl.viz.lens_grid``).
-        meta: Model fingerprint, basis, lens metadata.
-    """
-
-    grid: dict[str, Any]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dataframe(self) -> Any:
-        """One row per lens, layer, position: top-1, probabilities, target stats, KL."""
-        import pandas as pd
-
-        g = self.grid
-        rows = []
-        for lens in g["lenses"]:
-            for r, (label, layer) in enumerate(zip(g["rows"], g["row_layers"])):
-                for p, tok in enumerate(g["tokens"]):
-                    if not lens["available"][r][p]:
-                        continue
-                    rows.append({
-                        "lens": lens["name"], "layer": layer, "row": label, "pos": p,
-                        "token": tok, "next_token": g["next_tokens"][p],
-                        "top1": lens["top_tokens"][r][p][0],
-                        "top1_id": lens["top_ids"][r][p][0],
-                        "top1_prob": lens["top_probs"][r][p][0],
-                        "p_next": lens["p_next"][r][p] if lens.get("p_next") else None,
-                        "rank_next": lens["rank_next"][r][p] if lens.get("rank_next") else None,
-                        "entropy": lens["entropy"][r][p], "kl": lens["kl"][r][p],
-                    })
-        return pd.DataFrame(rows)
-
-    def html(self, color: str = "prob", *, standalone: bool = False,
-             height: int | None = None) -> str:
-        from futurelens_tl.viz.lens_grid import lens_grid_html
-
-        return lens_grid_html(self.grid, color=color, standalone=standalone, height=height)
-
-    def _repr_html_(self) -> str:
-        return self.html()
-
-    def show(self, color: str = "prob") -> Any:
-        """Display the interactive grid in Jupyter (offline; inline JS/CSS)."""
-        h = self.html(color)
-        try:
-            from IPython.display import HTML, display
-
-            display(HTML(h))
-        except ImportError:  # pragma: no cover
-            pass
-        return h
-
-    def save_html(self, path: str | os.PathLike[str], color: str = "prob") -> None:
-        """Write a standalone offline HTML page (atomic)."""
-        from futurelens_tl.lenses.artifacts import atomic_write
-
-        text = self.html(color, standalone=True)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-
-        atomic_write(path, write)
-
-    def figure(self, lens: str | None = None, color: str = "prob") -> Any:
-        """A static matplotlib figure of one lens panel (default: the first)."""
-        from futurelens_tl.viz.lens_grid import lens_grid_figure
-
-        return lens_grid_figure(self.grid, lens=lens, color=color)
-
-    def save_png(self, path: str | os.PathLike[str], lens: str | None = None,
-                 color: str = "prob", dpi: int = 120) -> None:
-        import matplotlib.pyplot as plt
-
-        from futurelens_tl.lenses.artifacts import atomic_write
-
-        fig = self.figure(lens=lens, color=color)
-        try:
-            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
-        finally:
-            plt.close(fig)
-
-
 def _row_label(layer: int) -> str:
     return "embed" if layer == -1 else str(layer)
 

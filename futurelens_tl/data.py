@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from futurelens_tl.model import LayerLike, ModelView, as_view
+from futurelens_tl.models.view import LayerLike, ModelView, as_view
 from futurelens_tl.progress import progress  # re-exported: data.progress stays importable
 
 __all__ = [

@@ -68,7 +68,7 @@ def _check_scores(scores: Tensor, arg: str = "logits") -> None:
 
     (``-inf`` is allowed: it is how masked tokens appear in logits and log-probs.)
     """
-    from futurelens_tl.lenses.base import NonFiniteError
+    from futurelens_tl.errors import NonFiniteError
 
     if not isinstance(scores, Tensor):
         raise TypeError(f"{arg} must be a tensor, got {type(scores).__name__}")
@@ -439,7 +439,7 @@ def confidence_buckets(
             f"confidence ({conf.numel()} values) and hits ({h.numel()} values) must match"
         )
     if bool(torch.isnan(conf).any()):
-        from futurelens_tl.lenses.base import NonFiniteError
+        from futurelens_tl.errors import NonFiniteError
 
         raise NonFiniteError(f"confidence holds {int(torch.isnan(conf).sum())} NaN value(s); "
                              "they would fall in no bucket and vanish from the counts")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 __all__ = ["FAMILIES", "ProbeSet", "probe_set"]
 

@@ -98,7 +98,7 @@ def _load_model(args: argparse.Namespace, ctx: Any, device: str) -> Any:
     """Load on every rank; the first process of each node first (it may fill a cache)."""
     import torch
 
-    from futurelens_tl.model import load_model
+    from futurelens_tl.models import load_model
 
     def load() -> Any:
         return load_model(args.model, backend=args.backend, device=device, dtype=args.dtype,

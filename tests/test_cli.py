@@ -106,7 +106,7 @@ def test_other_commands_usage_errors(no_loading, files, capsys, argv, flag):
 
 
 def test_runtime_error_exits_1_with_message(monkeypatch, tmp_path, capsys):
-    import futurelens_tl.model as M
+    import futurelens_tl.models as M
 
     def fail(*a, **k):
         raise RuntimeError("weights are corrupt")
@@ -183,12 +183,13 @@ def test_train_lens_is_a_thin_fit_and_save(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------- report
 def test_failed_report_leaves_no_partial_folder(monkeypatch, tmp_path):
     from futurelens_tl import report as R
+    from futurelens_tl.report import build
 
     def boom(rep, state):
         assert (rep.out / "tables" / "model.json").exists()  # work happens in the staging dir
         raise RuntimeError("stage failed")
 
-    monkeypatch.setattr(R, "_stage_layer0", boom)
+    monkeypatch.setattr(build, "_stage_layer0", boom)
     with pytest.raises(RuntimeError, match="stage failed"):
         R.build_report(R.ReportConfig(out=tmp_path / "rep", stages=["layer0"], verbose=False))
     assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,7 @@ from torch import Tensor
 from futurelens_tl.attention.datasets import ProbeData
 from futurelens_tl.attention.patching import score_heads
 from futurelens_tl.data import FORWARD_COUNTER
-from futurelens_tl.model import ModelView
+from futurelens_tl.models.view import ModelView
 
 __all__ = ["confirm_roles", "role_metric"]
 

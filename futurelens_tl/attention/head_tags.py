@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 __all__ = ["STAGES", "HeadTags"]
 

@@ -37,7 +37,7 @@ from futurelens_tl.attention.datasets import (
 from futurelens_tl.attention.head_tags import STAGES, HeadTags
 from futurelens_tl.attention.scores_task import TASK_SETS, task_scores
 from futurelens_tl.data import FORWARD_COUNTER
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
 
 __all__ = ["ROLES", "STAGES", "HeadTags", "RoleSpec", "tag_heads"]
 

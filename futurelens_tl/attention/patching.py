@@ -24,7 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.data import FORWARD_COUNTER, progress
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
 
 __all__ = ["HeadEffects", "directional_effects", "score_heads"]
 

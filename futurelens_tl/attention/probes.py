@@ -22,7 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.data import FORWARD_COUNTER, progress
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 __all__ = ["ProbeResult", "head_features", "probe_heads"]
 

@@ -40,7 +40,7 @@ from futurelens_tl.attention.scores_weights import (
     successor_scores,
 )
 from futurelens_tl.data import FORWARD_COUNTER, progress
-from futurelens_tl.model import ModelView
+from futurelens_tl.models.view import ModelView
 
 __all__ = [
     "RoleScore",

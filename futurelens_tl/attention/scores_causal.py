@@ -15,7 +15,7 @@ from torch import Tensor
 from futurelens_tl.attention.datasets import ProbeData
 from futurelens_tl.attention.role_score import RoleScore
 from futurelens_tl.data import FORWARD_COUNTER, progress
-from futurelens_tl.model import ModelView
+from futurelens_tl.models.view import ModelView
 
 
 # ---------------------------------------------------------------------------- causal scores

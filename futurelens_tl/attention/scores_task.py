@@ -51,7 +51,7 @@ from futurelens_tl.attention.datasets import ProbeData
 from futurelens_tl.attention.role_score import RoleScore
 from futurelens_tl.attention.scores_causal import _frozen_final
 from futurelens_tl.data import FORWARD_COUNTER
-from futurelens_tl.model import ModelView
+from futurelens_tl.models.view import ModelView
 
 __all__ = ["TASK_ROLES", "TASK_SETS", "task_scores"]
 

@@ -19,7 +19,7 @@ from futurelens_tl.attention.datasets import (
     _single_token_ids,
     ordinal_families_from_tokenizer,
 )
-from futurelens_tl.model import ModelView
+from futurelens_tl.models.view import ModelView
 
 
 def _text_tokens(view: ModelView, texts: Sequence[str], length: int, n: int) -> Tensor:

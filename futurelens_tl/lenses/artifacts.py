@@ -36,7 +36,8 @@ from torch import Tensor
 
 from futurelens_tl._io import atomic_write  # the one atomic-write helper (re-exported)
 from futurelens_tl.lenses.base import LensMismatchError, NonFiniteError, model_fingerprint
-from futurelens_tl.model import ModelView, as_view, tl_version
+from futurelens_tl.models._tl import tl_version
+from futurelens_tl.models.view import ModelView, as_view
 
 __all__ = [
     "ArtifactError",

@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from futurelens_tl.model import Basis, LayerLike, ModelView, as_view
+from futurelens_tl.errors import NonFiniteError
+from futurelens_tl.models.view import Basis, LayerLike, ModelView, as_view
 
 __all__ = ["Lens", "LensMismatchError", "NonFiniteError", "check_finite_params",
            "model_fingerprint", "nonfinite_params"]
@@ -33,16 +34,6 @@ __all__ = ["Lens", "LensMismatchError", "NonFiniteError", "check_finite_params",
 
 class LensMismatchError(ValueError):
     """A lens was fitted on another model, basis or layer set than the one it is used with."""
-
-
-class NonFiniteError(ValueError):
-    """NaN or infinite values where a result needs finite numbers (weights, logits, readouts).
-
-    The one error type for non-finite inputs across the package: model weights or lens
-    parameters holding NaN/inf, a readout that produced NaN. (Training that *becomes*
-    non-finite raises :class:`~futurelens_tl.lenses.trainer.TrainingDivergedError`.) The
-    message names the tensors at fault where they can be found.
-    """
 
 
 def model_fingerprint(model: Any) -> str:

@@ -55,7 +55,7 @@ from futurelens_tl.lenses.future_data import FutureLensData, build_features
 from futurelens_tl.lenses.future_fit import FitMixin
 from futurelens_tl.lenses.future_io import IOMixin
 from futurelens_tl.lenses.future_view import FutureTokenView
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
 
 __all__ = [
     "FIXED_PROMPTS",

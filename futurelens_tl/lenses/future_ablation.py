@@ -34,7 +34,7 @@ from torch import Tensor
 
 from futurelens_tl.lenses.future_data import FutureLensData
 from futurelens_tl.lenses.future_stats import grouped_bootstrap
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 __all__ = ["future_information_ablation", "lens_subspace"]
 

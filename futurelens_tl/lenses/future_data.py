@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.data import FORWARD_COUNTER, progress, token_windows
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
 
 __all__ = ["FutureLensData", "LABEL_SOURCES", "SPLITS", "build_features", "doc_windows"]
 

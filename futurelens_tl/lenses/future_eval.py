@@ -38,11 +38,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from futurelens_tl.evaluation import COLUMNS, LensEvaluation
 from futurelens_tl.lenses.future_config import _as_n_tuple
 from futurelens_tl.lenses.future_data import FutureLensData, build_features
 from futurelens_tl.lenses.future_stats import NgramTable, grouped_bootstrap
-from futurelens_tl.model import ModelView, as_view
+from futurelens_tl.models.view import ModelView, as_view
+from futurelens_tl.results import COLUMNS, LensEvaluation
 
 __all__ = ["CONTROLS", "FutureLensEvaluation", "bigram_table", "bucket_labels", "evaluate_many",
            "paper_figure"]
@@ -73,7 +73,7 @@ def _bucket_masks(conf: Tensor, edges: Sequence[float]) -> list[Tensor]:
 
 @dataclass
 class FutureLensEvaluation(LensEvaluation):
-    """A :class:`~futurelens_tl.evaluation.LensEvaluation` that keeps per-example hits.
+    """A :class:`~futurelens_tl.results.LensEvaluation` that keeps per-example hits.
 
     Extra columns: ``control`` (None for the lens itself, else :data:`CONTROLS`),
     ``h_matters``, ``ci_low``/``ci_high`` (document bootstrap). ``hits1`` maps

@@ -22,7 +22,7 @@ from futurelens_tl._io import sha256_hex
 from futurelens_tl.lenses.future_config import FutureLensConfig, _kl
 from futurelens_tl.lenses.future_data import FutureLensData, build_features
 from futurelens_tl.lenses.trainer import EpochCheckpoint, TrainingDivergedError
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 from futurelens_tl.progress import progress
 
 __all__ = ["FitMixin"]

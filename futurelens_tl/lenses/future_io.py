@@ -22,7 +22,7 @@ from futurelens_tl.lenses.artifacts import (
 )
 from futurelens_tl.lenses.base import LensMismatchError, model_fingerprint
 from futurelens_tl.lenses.future_config import FORMAT_VERSION, FutureLensConfig
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 __all__ = ["IOMixin"]
 

@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from futurelens_tl.lenses.base import Lens
-from futurelens_tl.model import LayerLike
+from futurelens_tl.models.view import LayerLike
 
 __all__ = ["LogitLens"]
 

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from futurelens_tl.data import progress
 from futurelens_tl.lenses.artifacts import load_checkpoint, save_checkpoint
 from futurelens_tl.lenses.distributed import (
     DistContext,
@@ -48,6 +47,7 @@ from futurelens_tl.lenses.distributed import (
     guard_collective,
     rank_seed,
 )
+from futurelens_tl.progress import progress
 
 __all__ = ["EpochCheckpoint", "TrainResult", "Trainer", "TrainerConfig", "TrainingDivergedError",
            "check_identity", "data_digest", "rank_seed"]

@@ -50,7 +50,8 @@ from futurelens_tl.lenses.base import (
 )
 from futurelens_tl.lenses.distributed import DistContext, context
 from futurelens_tl.lenses.trainer import Trainer, TrainerConfig, TrainResult, data_digest
-from futurelens_tl.model import LayerLike, as_view, tl_version
+from futurelens_tl.models._tl import tl_version
+from futurelens_tl.models.view import LayerLike, as_view
 
 __all__ = ["TunedLens"]
 

@@ -346,7 +346,7 @@ def train_toy(
     Returns:
         The metadata written to ``futurelens_toy.json``.
     """
-    from futurelens_tl.data import progress
+    from futurelens_tl.progress import progress
     from futurelens_tl.toy.tokenizer import train_tokenizer
 
     cfg.validate()

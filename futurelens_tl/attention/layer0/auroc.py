@@ -22,7 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from futurelens_tl.attention.layer0.bigrams import BigramCounts
-from futurelens_tl.data import progress
+from futurelens_tl.progress import progress
 
 
 def _weighted_auroc_rows(

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from futurelens_tl.data import progress
+from futurelens_tl.progress import progress
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import Tensor
 from futurelens_tl.attention.layer0.bigrams import BigramCounts
 from futurelens_tl.attention.layer0.core import Layer0Decomposition
 from futurelens_tl.attention.layer0.rotary import rope_spec
-from futurelens_tl.model import as_view
+from futurelens_tl.models.view import as_view
 
 _ROTARY_NOTES = (
     "sigma is an exact per-token scale (token_sigma()); the (position, token) sigma table, its "

@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from futurelens_tl.attention.layer0._util import _display_html, _gauss_legendre_01
-from futurelens_tl.data import progress
+from futurelens_tl.progress import progress
 
 
 @dataclass(repr=False)

@@ -14,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from futurelens_tl.attention.layer0._util import _percentile_rows
-from futurelens_tl.data import progress
+from futurelens_tl.progress import progress
 
 
 class _SigmaMixin:
