@@ -286,13 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt for the lens grid, repeatable (default: 3 toy prompts, or 2 "
                         "English prompts for real models)")
     p.add_argument("--tuned-tokens", type=positive_int, default=None, metavar="N",
-                   help="tuned-lens training tokens (default: 131072 toy, 1048576 otherwise)")
+                   help="tuned-lens training tokens (default: 131072 toy, 4096 otherwise)")
     p.add_argument("--future-examples", type=positive_int, default=None, metavar="N",
-                   help="Future Lens training documents (default: 200 toy, 2000 otherwise)")
+                   help="Future Lens training documents (default: 200 toy, 100 otherwise)")
     p.add_argument("--future-layers", type=layer_list, default=None, metavar="L,L,...",
                    help="comma-separated Future Lens source layers (default: every block)")
     p.add_argument("--eval-windows", type=positive_int, default=None, metavar="N",
-                   help="evaluation windows of the lens comparison (default: 48 toy, 64 "
+                   help="evaluation windows of the lens comparison (default: 48 toy, 16 "
                         "otherwise)")
     p.add_argument("--stages", default=None, metavar="S,S,...",
                    help="comma-separated subset of: lenses,future,layer0,heads (default: all)")
