@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned-tokens", type=positive_int, default=None, metavar="N",
                    help="tuned-lens training tokens (default: 131072 toy, 4096 otherwise)")
     p.add_argument("--future-examples", type=positive_int, default=None, metavar="N",
-                   help="Future Lens training documents (default: 200 toy, 100 otherwise)")
+                   help="Future Lens training documents (default: 200 toy, 40 otherwise)")
     p.add_argument("--future-layers", type=layer_list, default=None, metavar="L,L,...",
                    help="comma-separated Future Lens source layers (default: every block)")
     p.add_argument("--eval-windows", type=positive_int, default=None, metavar="N",

@@ -78,7 +78,7 @@ class ReportConfig:
         prompts: Prompts for the lens grid (default: three toy prompts / two English ones).
         tuned_tokens: Tuned-lens training tokens (default 131072 toy, 4096 otherwise: a CPU
             budget; raise it on a GPU).
-        future_examples: Future Lens training documents (default 200 toy, 100 otherwise).
+        future_examples: Future Lens training documents (default 200 toy, 40 otherwise).
         future_layers: Future Lens source layers, ``"0,1,2"`` or a list (default: all blocks of
             the toy model; five evenly spaced blocks before the last of a real model).
         eval_windows: Evaluation windows of the lens comparison (default 48 toy, 16 otherwise).
@@ -296,6 +296,6 @@ def _budgets(cfg: ReportConfig, is_toy: bool) -> dict[str, Any]:
         # real models: budgets sized for a CPU (a SmolLM2 tuned-lens step reads out 31 layers x
         # 49k vocab); pass larger ones on a GPU
         "tuned_tokens": cfg.tuned_tokens or (2**17 if is_toy else 2**12),
-        "future_docs": cfg.future_examples or (200 if is_toy else 100),
+        "future_docs": cfg.future_examples or (200 if is_toy else 40),
         "eval_windows": cfg.eval_windows or (48 if is_toy else 16),
     }
