@@ -209,7 +209,11 @@ def load_toy_checkpoint(path: str | os.PathLike, backend: str = "bridge") -> Any
         return hooked_from_hf_gpt2(path, name, tokenizer=load_tokenizer(path))
     from transformer_lens.model_bridge import TransformerBridge
 
-    bridge = TransformerBridge.boot_transformers(str(path), device="cpu", dtype=torch.float32)
+    from futurelens_tl.models._hf import quiet_transformers
+
+    with quiet_transformers(True):  # a 0.1 s local load: no "Loading weights" bar in notebooks
+        bridge = TransformerBridge.boot_transformers(str(path), device="cpu",
+                                                     dtype=torch.float32)
     try:
         bridge.cfg.model_name = name
     except Exception:  # pragma: no cover - frozen config on some TL versions
